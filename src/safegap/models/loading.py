@@ -1,0 +1,104 @@
+"""``load_vlm``: one call from a local directory or hub id to a model with its family adapter."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForImageTextToText
+
+from safegap.models import families  # noqa: F401  (registers every adapter)
+from safegap.models.adapter import ADAPTERS, ImagesArg, VLMAdapter
+
+
+class UnknownArchitectureError(ValueError):
+    """Raised for a model type no adapter is registered for."""
+
+
+@dataclass
+class VLM:
+    """A loaded VLM: the HF model, its processor and tokenizer, and its family adapter."""
+
+    model: Any
+    processor: Any
+    tokenizer: Any
+    adapter: VLMAdapter
+    name_or_path: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def build_inputs(self, texts: list[str], images: ImagesArg = None, system: str | None = None) -> Any:
+        """Adapter inputs moved to the model's device."""
+        return self.adapter.build_inputs(texts, images, system).to(self.device)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this model for provenance (shift vectors, results)."""
+        facts = self.adapter.describe()
+        return {
+            "architecture": facts["architecture"],
+            "num_layers": facts["num_layers"],
+            "hidden_size": facts["hidden_size"],
+            "name_or_path": self.name_or_path,
+        }
+
+
+def supported_families() -> list[str]:
+    return sorted({cls.family for cls in ADAPTERS.values()})
+
+
+def adapter_class(model_type: str, layers_path: str | None = None) -> type[VLMAdapter]:
+    """The adapter for ``model_type``, or the generic one when ``layers_path`` is given."""
+    if model_type in ADAPTERS:
+        return ADAPTERS[model_type]
+    if layers_path is not None:
+        return VLMAdapter
+    raise UnknownArchitectureError(
+        f"unsupported architecture {model_type!r}; supported families: {', '.join(supported_families())}. "
+        "For another model pass layers_path='dotted.path.to.layers' (CLI: --layers-path) to use the "
+        "generic adapter, or add an adapter file under safegap/models/."
+    )
+
+
+def load_vlm(
+    name_or_path: str | Path,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    layers_path: str | None = None,
+    trust_remote_code: bool = False,
+) -> VLM:
+    """Load a VLM with ``AutoModelForImageTextToText`` and pick its family adapter.
+
+    ``layers_path`` overrides where the decoder layers are (and enables unknown architectures).
+    ``trust_remote_code`` stays off unless the caller asks for it.
+    """
+    name = str(name_or_path)
+    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    cls = adapter_class(config.model_type, layers_path)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    model = AutoModelForImageTextToText.from_pretrained(
+        name, dtype=dtype or "auto", trust_remote_code=trust_remote_code
+    )
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    processor, tokenizer = cls.load_processor(name, trust_remote_code)
+    adapter = cls(model, processor, tokenizer, layers_path=layers_path)
+    return VLM(model=model, processor=processor, tokenizer=tokenizer, adapter=adapter, name_or_path=name)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
