@@ -13,7 +13,9 @@ from safegap.cli.common import user_errors
 
 def info(
     model: str = typer.Argument(..., help="Local checkpoint directory or hub id."),
-    layers_path: str | None = typer.Option(None, help="Dotted path to the decoder layers (unknown families)."),
+    layers_path: str | None = typer.Option(
+        None, help="Dotted path to the decoder layers (unknown families)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Print what safegap knows about MODEL."""

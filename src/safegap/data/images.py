@@ -17,7 +17,9 @@ DEFAULT_SIZE = (336, 336)
 BLANK_COLOR = (255, 255, 255)
 
 
-def blank_image(size: tuple[int, int] = DEFAULT_SIZE, color: tuple[int, int, int] = BLANK_COLOR) -> Image.Image:
+def blank_image(
+    size: tuple[int, int] = DEFAULT_SIZE, color: tuple[int, int, int] = BLANK_COLOR
+) -> Image.Image:
     """A single-colour image (white by default)."""
     return Image.new("RGB", size, color)
 

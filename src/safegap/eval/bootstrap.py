@@ -55,7 +55,9 @@ def bootstrap_clustered(
     n = len(arrays)
     for b in range(n_boot):
         picked = rng.integers(0, n, size=n)
-        stats[b] = np.mean([arrays[g][rng.integers(0, arrays[g].size, arrays[g].size)].mean() for g in picked])
+        stats[b] = np.mean(
+            [arrays[g][rng.integers(0, arrays[g].size, arrays[g].size)].mean() for g in picked]
+        )
     lo, hi = _interval(stats, level)
     return Estimate(float(np.mean([a.mean() for a in arrays])), lo, hi)
 
@@ -72,5 +74,7 @@ def bootstrap_paired_difference(
     ``a`` and ``b`` are lists of groups (one per seed) of equal-length per-item values; items are
     resampled jointly, so the pairing is kept.
     """
-    diffs = [np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64) for x, y in zip(a, b, strict=True)]
+    diffs = [
+        np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64) for x, y in zip(a, b, strict=True)
+    ]
     return bootstrap_clustered(diffs, n_boot=n_boot, level=level, seed=seed)

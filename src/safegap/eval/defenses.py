@@ -22,7 +22,12 @@ class Defense(Protocol):
     id: str
 
     def generate(
-        self, vlm: VLM, texts: Sequence[str], images: ImagesArg, max_new_tokens: int, system: str | None = None
+        self,
+        vlm: VLM,
+        texts: Sequence[str],
+        images: ImagesArg,
+        max_new_tokens: int,
+        system: str | None = None,
     ) -> list[str]: ...
 
 
@@ -46,10 +51,16 @@ class NoDefense:
     batch_size: int = 8
 
     def generate(
-        self, vlm: VLM, texts: Sequence[str], images: ImagesArg, max_new_tokens: int, system: str | None = None
+        self,
+        vlm: VLM,
+        texts: Sequence[str],
+        images: ImagesArg,
+        max_new_tokens: int,
+        system: str | None = None,
     ) -> list[str]:
-        return generate(vlm, texts, images, max_new_tokens=max_new_tokens, system=system,
-                        batch_size=self.batch_size)
+        return generate(
+            vlm, texts, images, max_new_tokens=max_new_tokens, system=system, batch_size=self.batch_size
+        )
 
 
 DefenseFactory = Callable[[DefenseSpec, VLM], Defense]

@@ -215,7 +215,10 @@ class VLMAdapter:
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             return BatchFeature(dict(enc))
         return self.processor(
-            text=prompts, images=self._processor_images(rows), return_tensors="pt", padding=True,
+            text=prompts,
+            images=self._processor_images(rows),
+            return_tensors="pt",
+            padding=True,
             add_special_tokens=False,
         )
 

@@ -16,11 +16,13 @@ def generate_ids(vlm: VLM, inputs: Any, max_new_tokens: int = 32, **kwargs: Any)
     """New token ids only (prompt stripped), shape ``(batch, <= max_new_tokens)``."""
     tok = vlm.tokenizer
     gen_kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
     )
     gen_kwargs.update(kwargs)
     out = vlm.model.generate(**inputs, **gen_kwargs)
-    return out[:, inputs["input_ids"].shape[1]:]
+    return out[:, inputs["input_ids"].shape[1] :]
 
 
 def generate(
@@ -36,8 +38,8 @@ def generate(
     rows = per_row_images(images, len(texts))
     replies: list[str] = []
     for start in range(0, len(texts), batch_size):
-        chunk_texts = list(texts[start:start + batch_size])
-        chunk_images = rows[start:start + batch_size]
+        chunk_texts = list(texts[start : start + batch_size])
+        chunk_images = rows[start : start + batch_size]
         has_any = any(img is not None for img in chunk_images)
         inputs = vlm.build_inputs(chunk_texts, chunk_images if has_any else None, system)
         new_ids = generate_ids(vlm, inputs, max_new_tokens, **kwargs)

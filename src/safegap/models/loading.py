@@ -89,7 +89,7 @@ def load_vlm(
         name, dtype=dtype or "auto", trust_remote_code=trust_remote_code
     )
     if device is not None:
-        model = model.to(device)
+        model.to(torch.device(device))  # type: ignore[arg-type]
     model.eval()
     processor, tokenizer = cls.load_processor(name, trust_remote_code)
     adapter = cls(model, processor, tokenizer, layers_path=layers_path)

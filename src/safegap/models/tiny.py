@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -70,9 +71,9 @@ def train_tokenizer(
     return fast
 
 
-def tiny_text_config(vocab_size: int, **overrides: object) -> dict[str, object]:
+def tiny_text_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
     """A 2-layer Llama-style text config shared by the tiny builders."""
-    cfg: dict[str, object] = dict(
+    cfg: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -87,21 +88,39 @@ def tiny_text_config(vocab_size: int, **overrides: object) -> dict[str, object]:
 
 
 def _build_llava(out_dir: Path, seed: int) -> None:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
-    from transformers import LlavaForConditionalGeneration
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tok = train_tokenizer(["<image>"])
     image_size, patch = 32, 8
     n_image_tokens = (image_size // patch) ** 2
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=image_size, patch_size=patch, projection_dim=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+        projection_dim=32,
     )
-    text = LlamaConfig(**tiny_text_config(len(tok)), pad_token_id=tok.pad_token_id,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    text = LlamaConfig(
+        **tiny_text_config(len(tok)),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=n_image_tokens, vision_feature_select_strategy="default",
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),  # type: ignore[arg-type]
+        image_seq_length=n_image_tokens,
+        vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
     torch.manual_seed(seed)
@@ -110,9 +129,13 @@ def _build_llava(out_dir: Path, seed: int) -> None:
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tok, patch_size=patch,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        image_token="<image>", chat_template=LLAVA_TEMPLATE,
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+        chat_template=LLAVA_TEMPLATE,
     )
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)

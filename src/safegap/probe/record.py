@@ -7,6 +7,7 @@ costs a fraction of a full forward. Hooks are removed on every path, errors incl
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -75,7 +76,9 @@ def position_mask(vlm: VLM, batch: Mapping[str, Any], positions: Positions) -> t
     valid = attention.bool() if attention is not None else torch.ones_like(input_ids, dtype=torch.bool)
     if isinstance(positions, torch.Tensor):
         if positions.shape != input_ids.shape:
-            raise ValueError(f"position mask shape {tuple(positions.shape)} != input_ids {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"position mask shape {tuple(positions.shape)} != input_ids {tuple(input_ids.shape)}"
+            )
         return positions.bool() & valid
     if positions == "last":
         return None
@@ -112,8 +115,10 @@ def record(
 
     def keep(index: int, hidden: torch.Tensor) -> None:
         if hidden.shape[1] != batch["input_ids"].shape[1]:
-            raise RuntimeError(f"layer {index} output has sequence length {hidden.shape[1]}, "
-                               f"input has {batch['input_ids'].shape[1]}")
+            raise RuntimeError(
+                f"layer {index} output has sequence length {hidden.shape[1]}, "
+                f"input has {batch['input_ids'].shape[1]}"
+            )
         if mask is not None:
             picked = hidden[mask]
         elif last is not None:
@@ -124,9 +129,7 @@ def record(
         if index == deepest:
             raise _StopForward
 
-    with layer_hooks(vlm.adapter.decoder_layers, lambda i, h: keep(i, h), wanted):
-        try:
-            vlm.model(**batch, use_cache=False)
-        except _StopForward:
-            pass
+    hooks = layer_hooks(vlm.adapter.decoder_layers, lambda i, h: keep(i, h), wanted)
+    with hooks, contextlib.suppress(_StopForward):
+        vlm.model(**batch, use_cache=False)
     return rec

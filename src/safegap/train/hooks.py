@@ -41,4 +41,3 @@ class ExtraLoss(Protocol):
     name: str
 
     def __call__(self, ctx: LossContext) -> torch.Tensor: ...
-
