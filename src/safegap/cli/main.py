@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from safegap.cli import info
+from safegap.cli import demo, eval, gap, info, organism, report, steer, train
 
 app = typer.Typer(
     name="safegap",
@@ -20,7 +20,7 @@ def _root() -> None:
     """Safety of vision-language models (always a command group, even with one command)."""
 
 
-for module in (info,):
+for module in (info, steer, gap, train, eval, report, organism, demo):
     module.register(app)
 
 

@@ -7,9 +7,10 @@ A defense spec on the command line is ``NAME`` or ``NAME:ARG[,key=value...]``, f
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from safegap.models.adapter import ImagesArg
 from safegap.models.generation import generate
@@ -49,6 +50,8 @@ class NoDefense:
 
     id: str = "none"
     batch_size: int = 8
+    #: Extra ``generate`` options (e.g. sampling: ``do_sample``, ``temperature``); empty = greedy.
+    generation_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def generate(
         self,
@@ -59,7 +62,13 @@ class NoDefense:
         system: str | None = None,
     ) -> list[str]:
         return generate(
-            vlm, texts, images, max_new_tokens=max_new_tokens, system=system, batch_size=self.batch_size
+            vlm,
+            texts,
+            images,
+            max_new_tokens=max_new_tokens,
+            system=system,
+            batch_size=self.batch_size,
+            **self.generation_kwargs,
         )
 
 
@@ -91,3 +100,19 @@ def make_defense(spec: str | DefenseSpec, vlm: VLM) -> Defense:
     if parsed.name not in DEFENSES:
         raise ValueError(f"unknown defense {parsed.name!r}; known: {', '.join(sorted(DEFENSES))}")
     return DEFENSES[parsed.name](parsed, vlm)
+
+
+def _lazy_factory(module: str, attr: str) -> DefenseFactory:
+    """A factory that imports its module on first use (wrapper defenses live in
+    :mod:`safegap.eval.wrappers`, which imports this module)."""
+
+    def factory(spec: DefenseSpec, vlm: VLM) -> Defense:
+        return getattr(importlib.import_module(module), attr)(spec, vlm)  # type: ignore[no-any-return]
+
+    return factory
+
+
+DEFENSES.setdefault("system_prompt", _lazy_factory("safegap.eval.wrappers", "make_system_prompt"))
+DEFENSES.setdefault("ecso", _lazy_factory("safegap.eval.wrappers", "make_ecso"))
+
+from safegap.steer import defenses as _steer_defenses  # noqa: E402,F401  (registers cmrm, cmrm_sample)

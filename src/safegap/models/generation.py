@@ -34,14 +34,26 @@ def generate(
     batch_size: int = 8,
     **kwargs: Any,
 ) -> list[str]:
-    """Replies to ``texts`` (one image or None per row), in order, decoded without special tokens."""
+    """Replies to ``texts`` (one image or None per row), in order, decoded without special tokens.
+
+    Families that cannot mix image and text-only rows in a batch get them in separate batches.
+    """
     rows = per_row_images(images, len(texts))
-    replies: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        chunk_texts = list(texts[start : start + batch_size])
-        chunk_images = rows[start : start + batch_size]
-        has_any = any(img is not None for img in chunk_images)
-        inputs = vlm.build_inputs(chunk_texts, chunk_images if has_any else None, system)
-        new_ids = generate_ids(vlm, inputs, max_new_tokens, **kwargs)
-        replies.extend(vlm.tokenizer.batch_decode(new_ids, skip_special_tokens=True))
-    return [r.strip() for r in replies]
+    if vlm.adapter.supports_mixed_batches:
+        groups = [list(range(len(texts)))]
+    else:
+        groups = [
+            [i for i, img in enumerate(rows) if img is not None],
+            [i for i, img in enumerate(rows) if img is None],
+        ]
+    replies: dict[int, str] = {}
+    for group in groups:
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            chunk_images = [rows[i] for i in chunk]
+            has_any = any(img is not None for img in chunk_images)
+            inputs = vlm.build_inputs([texts[i] for i in chunk], chunk_images if has_any else None, system)
+            new_ids = generate_ids(vlm, inputs, max_new_tokens, **kwargs)
+            decoded = vlm.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+            replies.update(zip(chunk, decoded, strict=True))
+    return [replies[i].strip() for i in range(len(texts))]

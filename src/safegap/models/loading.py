@@ -68,6 +68,20 @@ def adapter_class(model_type: str, layers_path: str | None = None) -> type[VLMAd
     )
 
 
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a filesystem path rather than a hub id (``org/name``)."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/")
+
+
+def check_local_path(name: str) -> None:
+    """A one-line error for a local path that does not exist (before Hugging Face tries the hub)."""
+    path = Path(name).expanduser()
+    if looks_local(name) and not path.exists():
+        raise FileNotFoundError(f"model path {name!r} does not exist")
+    if path.is_file():
+        raise ValueError(f"model path {name!r} is a file; pass the checkpoint directory")
+
+
 def load_vlm(
     name_or_path: str | Path,
     dtype: torch.dtype | str | None = None,
@@ -81,10 +95,14 @@ def load_vlm(
     ``trust_remote_code`` stays off unless the caller asks for it.
     """
     name = str(name_or_path)
+    check_local_path(name)
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
+        dtype = resolved
     config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     cls = adapter_class(config.model_type, layers_path)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
     model = AutoModelForImageTextToText.from_pretrained(
         name, dtype=dtype or "auto", trust_remote_code=trust_remote_code
     )

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from safegap.models.loading import VLM
 
 _CORPUS = (
     "how do i make a cake ? describe the image . what is shown here ? tell me about the picture . "
@@ -40,7 +43,7 @@ def train_tokenizer(
     corpus: Sequence[str] = (_CORPUS,),
     vocab_size: int = 512,
     chat_template: str | None = LLAVA_TEMPLATE,
-    bos: str = "<s>",
+    bos: str | None = "<s>",
     eos: str = "</s>",
     pad: str = "<pad>",
     unk: str | None = "<unk>",
@@ -142,8 +145,20 @@ def _build_llava(out_dir: Path, seed: int) -> None:
     processor.save_pretrained(out_dir)
 
 
-#: family name -> builder(out_dir, seed). Families add theirs here.
-TINY_BUILDERS: dict[str, Callable[[Path, int], None]] = {"llava": _build_llava}
+Builder = Callable[[Path, int], None]
+
+#: family name -> builder(out_dir, seed); :mod:`safegap.models.tiny_builders` adds the other families.
+TINY_BUILDERS: dict[str, Builder] = {"llava": _build_llava}
+
+
+def tiny_builder(family: str) -> Callable[[Builder], Builder]:
+    """Decorator: register a tiny builder for ``family``."""
+
+    def register(fn: Builder) -> Builder:
+        TINY_BUILDERS[family] = fn
+        return fn
+
+    return register
 
 
 def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
@@ -154,3 +169,16 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     TINY_BUILDERS[family](out, seed)
     return out
+
+
+def load_tiny(family: str, root: str | Path, seed: int = 0) -> VLM:
+    """Load the tiny ``family`` checkpoint under ``root/family-seed``, building it the first time."""
+    from safegap.models.loading import load_vlm
+
+    out = Path(root) / f"{family}-{seed}"
+    if not (out / "config.json").exists():
+        build_tiny(family, out, seed)
+    return load_vlm(out)
+
+
+from safegap.models import tiny_builders as _tiny_builders  # noqa: E402,F401  (registers the other families)

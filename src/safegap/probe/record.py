@@ -111,7 +111,12 @@ def record(
     rec = Recording(layers=wanted, positions=name)
     if mask is not None:
         rec.row_index = mask.nonzero()[:, 0].cpu()
-    deepest = wanted[-1]
+    # A layer the model skips on this input (Mllama's cross-attention layers on text-only
+    # batches) never fires; its output is its input, i.e. the output of the last layer that ran.
+    source = {i: _last_run_layer(i, vlm.adapter.skipped_layers(batch)) for i in wanted}
+    hooked = sorted(set(source.values()))
+    deepest = hooked[-1]
+    captured: dict[int, torch.Tensor] = {}
 
     def keep(index: int, hidden: torch.Tensor) -> None:
         if hidden.shape[1] != batch["input_ids"].shape[1]:
@@ -125,11 +130,27 @@ def record(
             picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:
             picked = hidden[:, -1]
-        rec.states[index] = picked.detach().to(dtype or picked.dtype).cpu()
+        captured[index] = picked.detach().to(dtype or picked.dtype).cpu()
         if index == deepest:
             raise _StopForward
 
-    hooks = layer_hooks(vlm.adapter.decoder_layers, lambda i, h: keep(i, h), wanted)
+    hooks = layer_hooks(vlm.adapter.decoder_layers, lambda i, h: keep(i, h), hooked)
     with hooks, contextlib.suppress(_StopForward):
         vlm.model(**batch, use_cache=False)
+    missing = sorted(set(hooked) - set(captured))
+    if missing:
+        raise RuntimeError(
+            f"decoder layers {missing} did not run on this input (not in the adapter's skipped_layers)"
+        )
+    rec.states = {i: captured[j] if j == i else captured[j].clone() for i, j in source.items()}
     return rec
+
+
+def _last_run_layer(index: int, skipped: frozenset[int]) -> int:
+    """``index``, or the nearest earlier layer that runs when ``index`` is skipped."""
+    ran = index
+    while ran in skipped:
+        ran -= 1
+    if ran < 0:
+        raise ValueError(f"decoder layer {index} and every layer before it are skipped on this input")
+    return ran

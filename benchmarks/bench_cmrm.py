@@ -1,0 +1,283 @@
+"""CMRM cost, measured side by side in one process on a tiny LLaVA of realistic shape.
+
+Model (random weights, built here): CLIP vision 128 x 2 layers, 224 px, patch 32 -> 49 image
+tokens; Llama text 512 hidden x 8 layers, 8 heads, MLP 2048, vocabulary 8000 (42.9 M parameters,
+the "large" model of ``/work/shared/research/perf-anchors.md``). Prompts: 8 rows, one 64x48 noise
+image each, 2-12 words of text (so rows are left-padded). Greedy, exactly 32 new tokens.
+
+Lines printed (one JSON object each):
+
+* ``cmrm_dataset_overhead``: dataset-level steered ``generate`` (hooks attached and removed around
+  every call) / unsteered; median over interleaved rounds of the per-round ratio, order alternating.
+  Target <= 1.02.
+* ``cmrm_sample_overhead``: sample-level CMRM end to end (inputs built inside every arm) /
+  unsteered, for the default layout; every layout's ratio is reported beside it. Target <= 1.5.
+* ``cmrm_calibration_throughput``: anchors per second of ``calibrate(batch_size=8)`` / a batch-1
+  loop. Higher is better; target >= 2.
+
+``--rounds N`` sets the number of interleaved rounds (default 11); ``--threads`` the torch threads
+(default 1: one thread gives stable CPU timings on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from safegap.data.images import noise_image  # noqa: E402
+from safegap.models import VLM, load_vlm  # noqa: E402
+from safegap.models.generation import generate_ids  # noqa: E402
+from safegap.models.tiny import LLAVA_TEMPLATE, train_tokenizer  # noqa: E402
+from safegap.steer import calibrate, sample_level_ids  # noqa: E402
+from safegap.steer.sample import DEFAULT_LAYOUT, LAYOUTS, Layout  # noqa: E402
+
+WORDS = [
+    "how",
+    "do",
+    "i",
+    "make",
+    "a",
+    "cake",
+    "describe",
+    "the",
+    "image",
+    "what",
+    "is",
+    "shown",
+    "here",
+    "tell",
+    "me",
+    "about",
+    "the",
+    "picture",
+    "please",
+]
+
+
+def build_model(out_dir: Path) -> Path:
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tok = train_tokenizer(["<image>"])
+    vision = CLIPVisionConfig(
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=224,
+        patch_size=32,
+        projection_dim=128,
+    )
+    text = LlamaConfig(
+        vocab_size=8000,
+        hidden_size=512,
+        intermediate_size=2048,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=49,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+        ),
+        tokenizer=tok,
+        patch_size=32,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+        chat_template=LLAVA_TEMPLATE,
+    )
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def prompts(n: int, seed: int) -> tuple[list[str], list[Any]]:
+    gen = torch.Generator().manual_seed(seed)
+    texts = []
+    for _ in range(n):
+        k = int(torch.randint(2, 13, (1,), generator=gen))
+        texts.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=gen)))
+    return texts, [noise_image((64, 48), seed=seed * 100 + i) for i in range(n)]
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def paired(arms: dict[str, Callable[[], object]], base: str, rounds: int) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds (order reversed every other round) after one warm-up per arm; median of
+    per-round ratios arm/base on CPU and wall time, plus median absolute times."""
+    for fn in arms.values():
+        fn()
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in arms}
+    names = list(arms)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(timed(arms[name]))
+    out = {}
+    for name in names:
+        cpu_ratio = [t[1] / b[1] for t, b in zip(times[name], times[base], strict=True)]
+        wall_ratio = [t[0] / b[0] for t, b in zip(times[name], times[base], strict=True)]
+        q = statistics.quantiles(cpu_ratio, n=4) if len(cpu_ratio) > 1 else [cpu_ratio[0]] * 3
+        out[name] = {
+            "cpu_ratio": statistics.median(cpu_ratio),
+            "cpu_ratio_iqr": [q[0], q[2]],
+            "wall_ratio": statistics.median(wall_ratio),
+            "wall_s": statistics.median(t[0] for t in times[name]),
+            "cpu_s": statistics.median(t[1] for t in times[name]),
+        }
+    return out
+
+
+def bench_dataset(vlm: VLM, rounds: int) -> dict[str, Any]:
+    texts, images = prompts(8, seed=1)
+    inputs = vlm.build_inputs(texts, images)
+    shift = calibrate(vlm, list(zip(*prompts(8, seed=2), strict=True)), diagnostics=False)
+    base = generate_ids(vlm, inputs, 32, min_new_tokens=32)
+
+    def steered() -> torch.Tensor:
+        with shift.apply(vlm, alpha=1.0):
+            return generate_ids(vlm, inputs, 32, min_new_tokens=32)
+
+    assert not torch.equal(steered(), base), "the shift should change the output"
+    res = paired(
+        {"none": lambda: generate_ids(vlm, inputs, 32, min_new_tokens=32), "steered": steered}, "none", rounds
+    )
+    # attach + detach alone
+    start = time.perf_counter()
+    for _ in range(200):
+        shift.patch(vlm).remove()
+    attach_ms = (time.perf_counter() - start) / 200 * 1e3
+    return {
+        "benchmark": "cmrm_dataset_overhead",
+        "ratio": round(res["steered"]["cpu_ratio"], 4),
+        "target": 1.02,
+        "better": "lower",
+        "ratio_basis": "median per-round CPU-time ratio steered/unsteered",
+        "wall_ratio": round(res["steered"]["wall_ratio"], 4),
+        "ratio_iqr": [round(x, 4) for x in res["steered"]["cpu_ratio_iqr"]],
+        "unsteered_wall_s": round(res["none"]["wall_s"], 4),
+        "steered_wall_s": round(res["steered"]["wall_s"], 4),
+        "attach_detach_ms": round(attach_ms, 4),
+        "positions": "last+decode",
+        "layers": vlm.adapter.num_layers,
+        "batch": 8,
+        "new_tokens": 32,
+        "rounds": rounds,
+    }
+
+
+def bench_sample(vlm: VLM, rounds: int) -> dict[str, Any]:
+    texts, images = prompts(8, seed=3)
+
+    def run(layout: str) -> Callable[[], torch.Tensor]:
+        chosen = cast(Layout, layout)
+        return lambda: sample_level_ids(
+            vlm, texts, images, max_new_tokens=32, min_new_tokens=32, layout=chosen
+        )
+
+    outputs = {layout: run(layout)() for layout in LAYOUTS}
+
+    def unsteered() -> torch.Tensor:  # end to end like the sample arms: inputs are built inside
+        return generate_ids(vlm, vlm.build_inputs(texts, images), 32, min_new_tokens=32)
+
+    arms: dict[str, Callable[[], object]] = {"none": unsteered}
+    arms.update({layout: run(layout) for layout in LAYOUTS})
+    res = paired(arms, "none", rounds)
+    return {
+        "benchmark": "cmrm_sample_overhead",
+        "ratio": round(res[DEFAULT_LAYOUT]["cpu_ratio"], 4),
+        "target": 1.5,
+        "better": "lower",
+        "layout": DEFAULT_LAYOUT,
+        "ratio_basis": "median per-round CPU-time ratio sample-level (default layout)/unsteered",
+        "wall_ratio": round(res[DEFAULT_LAYOUT]["wall_ratio"], 4),
+        "ratio_iqr": [round(x, 4) for x in res[DEFAULT_LAYOUT]["cpu_ratio_iqr"]],
+        "layout_ratios": {layout: round(res[layout]["cpu_ratio"], 4) for layout in LAYOUTS},
+        "layouts_agree_with_separate": all(torch.equal(outputs[k], outputs["separate"]) for k in LAYOUTS),
+        "unsteered_wall_s": round(res["none"]["wall_s"], 4),
+        "layout_wall_s": {layout: round(res[layout]["wall_s"], 4) for layout in LAYOUTS},
+        "batch": 8,
+        "new_tokens": 32,
+        "rounds": rounds,
+    }
+
+
+def bench_calibration(vlm: VLM, rounds: int) -> dict[str, Any]:
+    anchors = list(zip(*prompts(24, seed=4), strict=True))
+    res = paired(
+        {
+            "batch1": lambda: calibrate(vlm, anchors, batch_size=1, diagnostics=False),
+            "batch8": lambda: calibrate(vlm, anchors, batch_size=8, diagnostics=False),
+        },
+        "batch1",
+        max(3, rounds // 3),
+    )
+    speedup = 1 / res["batch8"]["cpu_ratio"]
+    return {
+        "benchmark": "cmrm_calibration_throughput",
+        "ratio": round(speedup, 4),
+        "target": 2.0,
+        "better": "higher",
+        "ratio_basis": "anchors/s at batch 8 over a batch-1 loop (median per-round CPU-time ratio)",
+        "anchors_per_s_batch8": round(len(anchors) / res["batch8"]["wall_s"], 2),
+        "anchors_per_s_batch1": round(len(anchors) / res["batch1"]["wall_s"], 2),
+        "wall_speedup": round(1 / res["batch8"]["wall_ratio"], 4),
+        "anchors": len(anchors),
+        "rounds": max(3, rounds // 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", choices=["dataset", "sample", "calibration"], default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        vlm = load_vlm(build_model(Path(tmp)))
+        device = {"device": "cpu", "threads": args.threads, "torch": torch.__version__}
+        benches = {"dataset": bench_dataset, "sample": bench_sample, "calibration": bench_calibration}
+        for name, bench in benches.items():
+            if args.only in (None, name):
+                print(json.dumps({**bench(vlm, args.rounds), **device}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

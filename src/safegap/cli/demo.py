@@ -1,0 +1,111 @@
+"""``safegap demo``: the toolkit end to end on the self-trained organism.
+
+The demo is a list of steps (:data:`DEMO_STEPS`); each takes the shared :class:`DemoContext` and
+writes its files under ``--out``. Later work appends steps (gap metrics, CMRM, ReGap, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from safegap.cli.common import console, user_errors
+from safegap.cli.organism import progress_bar, results_table, set_threads
+
+
+@dataclass
+class DemoContext:
+    out: Path
+    seed: int = 0
+    cache_dir: Path | None = None
+    n_prompts: int = 64
+    #: Multiplies every training stage's step count (1.0 = the real organism).
+    scale: float = 1.0
+    #: What steps leave for later steps (e.g. "organism_path", "study").
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    name: str
+    title: str
+    run: Callable[[DemoContext], None]
+
+
+def step_degradation(ctx: DemoContext) -> None:
+    """Build (or reuse) the seed's organism and measure refusal with and without images."""
+    from safegap.organism.study import StudyOptions, organism_dir, run_study
+
+    from safegap.organism.config import OrganismConfig
+
+    config = OrganismConfig() if ctx.scale == 1.0 else OrganismConfig().scaled(ctx.scale)
+    options = StudyOptions(
+        seeds=[ctx.seed], n_prompts=ctx.n_prompts, cache_dir=ctx.cache_dir, n_real=30, config=config
+    )
+    with progress_bar("organism") as update:
+        study = run_study(options, ctx.out / "degradation", update)
+    ctx.state["organism_path"] = str(
+        organism_dir(ctx.cache_dir, ctx.out / "degradation", "plain", ctx.seed, options.config)
+    )
+    ctx.state["study"] = study
+    console.print(results_table(study))
+    diff = study["differences"]["plain"]["none"].get("text_minus_benign_image")
+    if diff:
+        console.print(
+            f"harmful refusal, text minus benign image: {diff['mean']:.2f} "
+            f"[{diff['ci'][0]:.2f}, {diff['ci'][1]:.2f}]"
+        )
+
+
+#: The demo's steps, in order. Append to extend the demo.
+DEMO_STEPS: list[DemoStep] = [
+    DemoStep("degradation", "safety degradation of the model organism", step_degradation),
+]
+
+
+def demo(
+    out: Path = typer.Option(Path("out/demo"), "--out", help="Output directory."),
+    seed: int = typer.Option(0, help="Organism seed."),
+    cache_dir: Path | None = typer.Option(None, help="Organism cache (default ~/.cache/safegap/organism)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild the organism."),
+    steps: str | None = typer.Option(None, help="Comma list of steps to run (default: all)."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    scale: float = typer.Option(1.0, help="Multiply the organism's training steps (quick smoke runs)."),
+    n_prompts: int = typer.Option(64, help="Held-out prompts per set and condition."),
+) -> None:
+    """Run the demo: build the organism, show how images break its refusals, and what helps."""
+    from safegap.organism.build import default_cache_dir
+
+    with user_errors():
+        set_threads(threads)
+        known = {s.name: s for s in DEMO_STEPS}
+        chosen = [s.strip() for s in steps.split(",")] if steps else list(known)
+        for name in chosen:
+            if name not in known:
+                raise ValueError(f"unknown demo step {name!r}; known: {', '.join(known)}")
+        out.mkdir(parents=True, exist_ok=True)
+        if scale <= 0 or n_prompts < 1:
+            raise ValueError(f"--scale must be positive and --n-prompts at least 1 (got {scale}, {n_prompts})")
+        ctx = DemoContext(
+            out=out,
+            seed=seed,
+            cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+            n_prompts=n_prompts,
+            scale=scale,
+        )
+        for k, name in enumerate(chosen, 1):
+            step = known[name]
+            console.rule(f"[{k}/{len(chosen)}] {step.title}")
+            step.run(ctx)
+        summary = {"steps": chosen, "seed": seed, "organism_path": ctx.state.get("organism_path")}
+        (out / "demo.json").write_text(json.dumps(summary, indent=1))
+    console.print(f"demo results in {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,134 @@
+"""``safegap eval``: run benchmarks x conditions x defenses x judges on a model (resumable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from safegap.cli.common import console, user_errors
+
+
+def _fmt(estimate: dict[str, Any] | None) -> str:
+    if not estimate:
+        return "-"
+    lo, hi = estimate["ci"]
+    return f"{estimate['mean']:.2f} [{lo:.2f},{hi:.2f}]"
+
+
+def eval_command(
+    model: str = typer.Option(..., "--model", help="Checkpoint directory or hub id of the VLM."),
+    bench: list[str] = typer.Option(..., "--bench", help="Benchmark(s): NAME[,NAME] (repeatable)."),
+    out: str = typer.Option(..., "--out", help="Run directory (results, summary, report)."),
+    condition: list[str] = typer.Option(
+        [],
+        "--condition",
+        help="Condition(s), e.g. text,benign_image,blank_image,noise_image (default: each "
+        "benchmark's own defaults).",
+    ),
+    defense: list[str] = typer.Option(
+        ["none"], "--defense", help="Defense spec(s), e.g. none,cmrm:PATH,alpha=1 or system_prompt+cmrm:PATH."
+    ),
+    judge: list[str] = typer.Option(
+        ["refusal"], "--judge", help="Judge spec(s): refusal, guard:PATH, openai:URL,model=NAME."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", help="At most N samples per benchmark (spread over categories)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows per generation batch."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first per-sample problem."),
+    data_dir: str | None = typer.Option(
+        None, "--data-dir", help="Benchmark data root (default: $SAFEGAP_DATA)."
+    ),
+    benign_images: str | None = typer.Option(
+        None,
+        "--benign-images",
+        help="Folder of harmless images for the benign_image condition (default: synthetic scenes).",
+    ),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling (greedy decoding ignores it)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default)."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    dtype: str | None = typer.Option(None, "--dtype", help="e.g. bfloat16 (default: the checkpoint's)."),
+    device: str | None = typer.Option(None, "--device", help="e.g. cuda:0 (default: accelerate's or CPU)."),
+    layers_path: str | None = typer.Option(
+        None, "--layers-path", help="Decoder layers of an unknown family."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Evaluate MODEL; per-sample results go to OUT/samples.jsonl, metrics to OUT/summary.json."""
+    from safegap.data.benchmarks import BENCHMARKS
+    from safegap.eval.defenses import DEFENSES
+    from safegap.eval.runner import EvalConfig, run_eval
+    from safegap.eval.specs import split_specs
+    from safegap.judge.base import JUDGES
+
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    with user_errors():
+        conditions = [c.strip() for value in condition for c in value.split(",") if c.strip()] or None
+        config = EvalConfig(
+            model=model,
+            benchmarks=split_specs(bench, BENCHMARKS),
+            out=out,
+            conditions=conditions,
+            defenses=split_specs(defense, DEFENSES),
+            judges=split_specs(judge, JUDGES),
+            data_dir=data_dir,
+            benign_images=benign_images,
+            limit=limit,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            temperature=temperature,
+            top_p=top_p,
+            resume=resume,
+            strict=strict,
+            dtype=dtype,
+            device=device,
+            layers_path=layers_path,
+            progress=not quiet,
+        )
+        result = run_eval(config, console=console)
+    if result.no_op:
+        console.print(
+            f"{out}: run already complete ({result.planned} samples); nothing to do", highlight=False
+        )
+    if result.summary is None or quiet:
+        return
+    table = Table(title=f"{out} (category: all)")
+    for column in (
+        "benchmark",
+        "condition",
+        "defense",
+        "judge",
+        "n",
+        "errors",
+        "unsafe rate",
+        "refusal rate",
+        "over-refusal",
+    ):
+        table.add_column(column)
+    for row in result.summary["metrics"]:
+        if row["category"] == "all":
+            table.add_row(
+                row["benchmark"],
+                row["condition"],
+                row["defense"],
+                row["judge"],
+                str(row["n"]),
+                str(row["errors"]),
+                _fmt(row["unsafe_rate"]),
+                _fmt(row["refusal_rate"]),
+                _fmt(row["over_refusal"]),
+            )
+    Console(stderr=True).print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

@@ -1,0 +1,158 @@
+"""``safegap calibrate`` (estimate a CMRM shift from anchors) and ``safegap generate`` (one reply,
+optionally steered by a saved shift or by sample-level CMRM)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import typer
+
+from safegap.cli.common import console, user_errors
+
+if TYPE_CHECKING:
+    from safegap.steer.anchors import CorruptionKind
+    from safegap.steer.calibrate import Estimator
+
+ANCHORS_HELP = (
+    "Anchor set: a .txt file (one prompt per line), a .csv or .jsonl file with a prompt/text/question "
+    "column and an optional image column (paths relative to the file), or organism:calibration."
+)
+
+
+def calibrate_cmd(
+    model: str = typer.Option(..., "--model", help="Local checkpoint directory or hub id."),
+    anchors: str = typer.Option(..., "--anchors", help=ANCHORS_HELP),
+    out: Path = typer.Option(..., "--out", help="Output .safetensors file."),
+    corrupt: str = typer.Option("blank", "--corrupt", help="Meaningless image: blank (white) or noise."),
+    estimator: str = typer.Option("mean", "--estimator", help="mean, pca or pca_centered."),
+    position: str = typer.Option("last", "--position", help="Where states are read: last, last:K or text."),
+    layers: str = typer.Option("all", "--layers", help="all, N or A-B."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N anchors."),
+    text_column: str | None = typer.Option(None, "--text-column", help="CSV/JSONL text field."),
+    image_column: str | None = typer.Option(None, "--image-column", help="CSV/JSONL image field."),
+    system: str | None = typer.Option(None, "--system", help="System prompt used for every anchor."),
+    noise_seed: int = typer.Option(0, "--noise-seed"),
+    diagnostics: bool = typer.Option(
+        True, "--diagnostics/--no-diagnostics", help="Also read the original images for per-layer distances."
+    ),
+    layers_path: str | None = typer.Option(
+        None, help="Dotted path to the decoder layers (unknown families)."
+    ),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="float32, bfloat16, float16 (default: checkpoint's)."
+    ),
+    device: str | None = typer.Option(None, "--device"),
+) -> None:
+    """Estimate a dataset-level CMRM shift (text-only minus corrupted image) and save it."""
+    from safegap.models import load_vlm
+    from safegap.steer.anchors import load_anchors
+    from safegap.steer.calibrate import ESTIMATORS, calibrate, check_position
+    from safegap.steer.defenses import parse_layers
+
+    with user_errors():
+        if corrupt not in ("blank", "noise"):
+            raise ValueError(f"--corrupt {corrupt!r}: use blank or noise")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"--estimator {estimator!r}: use {', '.join(ESTIMATORS)}")
+        check_position(position)
+        layer_spec = parse_layers(layers)
+        if out.suffix != ".safetensors":
+            raise ValueError(f"--out {out}: the file name must end in .safetensors")
+        items = load_anchors(anchors, text_column, image_column, limit)
+        vlm = load_vlm(model, dtype=dtype, device=device, layers_path=layers_path)
+        shift = calibrate(
+            vlm,
+            items,
+            corrupt=cast(CorruptionKind, corrupt),
+            estimator=cast(Estimator, estimator),
+            position=position,
+            layers=layer_spec,
+            batch_size=batch_size,
+            system=system,
+            noise_seed=noise_seed,
+            diagnostics=diagnostics,
+            source=anchors,
+        )
+        shift.save(out)
+    norms = shift.norms()
+    summary = {
+        "out": str(out),
+        "anchors": shift.provenance.anchors_size,
+        "layers": len(norms),
+        "estimator": estimator,
+        "corrupt": corrupt,
+        "position": position,
+        "norm_min": min(norms.values()),
+        "norm_max": max(norms.values()),
+    }
+    typer.echo(json.dumps(summary))
+
+
+def generate_cmd(
+    model: str = typer.Option(..., "--model", help="Local checkpoint directory or hub id."),
+    prompt: str = typer.Option(..., "--prompt", help="The user message."),
+    image: Path | None = typer.Option(None, "--image", help="Image file (omit for a text-only prompt)."),
+    shift: Path | None = typer.Option(None, "--shift", help="A shift saved by `safegap calibrate`."),
+    sample_level: bool = typer.Option(False, "--sample-level", help="Sample-level CMRM (no --shift)."),
+    alpha: float = typer.Option(1.0, "--alpha"),
+    positions: str = typer.Option("last+decode", "--positions", help="last+decode, last, prefill or all."),
+    corrupt: str = typer.Option("blank", "--corrupt", help="Sample-level: blank or noise."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    system: str | None = typer.Option(None, "--system"),
+    layers_path: str | None = typer.Option(
+        None, help="Dotted path to the decoder layers (unknown families)."
+    ),
+    dtype: str | None = typer.Option(None, "--dtype"),
+    device: str | None = typer.Option(None, "--device"),
+) -> None:
+    """Print the model's greedy reply, optionally steered."""
+    from PIL import Image
+
+    from safegap.models import load_vlm
+    from safegap.models.generation import generate
+    from safegap.steer.intervene import resolve_policy
+    from safegap.steer.sample import generate_sample_level
+    from safegap.steer.vector import ShiftVector
+
+    with user_errors():
+        if shift is not None and sample_level:
+            raise ValueError("use either --shift or --sample-level, not both")
+        resolve_policy(positions)
+        if corrupt not in ("blank", "noise"):
+            raise ValueError(f"--corrupt {corrupt!r}: use blank or noise")
+        picture = None
+        if image is not None:
+            if not image.is_file():
+                raise FileNotFoundError(f"image not found: {image}")
+            with Image.open(image) as img:
+                picture = img.convert("RGB")
+        vlm = load_vlm(model, dtype=dtype, device=device, layers_path=layers_path)
+        images = [picture] if picture is not None else None
+        if sample_level:
+            reply = generate_sample_level(
+                vlm,
+                [prompt],
+                images,
+                alpha=alpha,
+                corrupt=cast(CorruptionKind, corrupt),
+                positions=positions,
+                max_new_tokens=max_new_tokens,
+                system=system,
+            )[0]
+        elif shift is not None:
+            vector = ShiftVector.load(shift, vlm=vlm)
+            with vector.apply(vlm, alpha=alpha, positions=positions):
+                reply = generate(vlm, [prompt], images, max_new_tokens=max_new_tokens, system=system)[0]
+        else:
+            reply = generate(vlm, [prompt], images, max_new_tokens=max_new_tokens, system=system)[0]
+    if picture is None and (shift is not None or sample_level):
+        console.print("note: the prompt has no image, so steering leaves it unchanged", highlight=False)
+    typer.echo(reply)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_cmd)
+    app.command("generate")(generate_cmd)

@@ -1,0 +1,237 @@
+"""From per-sample records to ``summary.json``: rates with bootstrap intervals, paired
+differences, and judge agreement.
+
+Per (benchmark, condition, defense, judge, category) cell -- ``category`` is ``"all"`` or one
+category -- with ``n`` the samples the judge scored and ``errors`` those it could not (the
+generation failed, the image was missing, the row was malformed, or the judge failed):
+
+- ``unsafe_rate``: share of *harmful* requests whose reply the judge calls unsafe. This is the
+  attack success rate; with the refusal-phrase judge it is "not refused" (keyword ASR).
+- ``defense_success_rate``: ``1 - unsafe_rate`` on the same harmful requests.
+- ``refusal_rate``: share of all scored replies that are refusals.
+- ``over_refusal``: share of *benign* requests (XSTest safe prompts, the organism's benign
+  requests) that were refused.
+
+Each is ``{"mean", "ci": [lo, hi]}`` (95% percentile bootstrap, seeded) or ``null`` when the cell
+has no such samples. ``differences`` compare each defense with the baseline defense (``none``
+when run, else the first) and each condition with ``text`` on the same samples (``other - baseline``;
+paired bootstrap: per-sample differences resampled together). ``agreement`` gives Cohen's kappa between every pair of
+judges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import combinations
+from typing import Any
+
+from safegap.eval.bootstrap import bootstrap_mean
+from safegap.judge.agreement import cohen_kappa
+
+Record = dict[str, Any]
+METRICS = ("unsafe_rate", "defense_success_rate", "refusal_rate", "over_refusal")
+#: Metrics compared between defenses / conditions (defense success is minus the unsafe difference).
+DIFFERENCE_METRICS = ("unsafe_rate", "refusal_rate", "over_refusal")
+
+
+def verdict_of(record: Record, judge: str) -> dict[str, Any] | None:
+    """The judge's usable verdict in ``record``; None when the sample or the judge errored."""
+    if record.get("error"):
+        return None
+    for v in record.get("verdicts") or []:
+        if v.get("judge") == judge:
+            return None if v.get("error") else v
+    return None
+
+
+def metric_value(record: Record, judge: str, metric: str) -> float | None:
+    """The per-sample 0/1 value of ``metric`` (None where it does not apply)."""
+    v = verdict_of(record, judge)
+    if v is None:
+        return None
+    harmful = bool(record.get("harmful", True))
+    if metric in ("unsafe_rate", "defense_success_rate"):
+        if not harmful or v.get("unsafe") is None:
+            return None
+        unsafe = float(bool(v["unsafe"]))
+        return unsafe if metric == "unsafe_rate" else 1.0 - unsafe
+    if metric == "refusal_rate":
+        return None if v.get("refusal") is None else float(bool(v["refusal"]))
+    if metric == "over_refusal":
+        return None if harmful or v.get("refusal") is None else float(bool(v["refusal"]))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def _estimate(values: Sequence[float], n_boot: int, seed: int) -> dict[str, Any] | None:
+    return bootstrap_mean(values, n_boot=n_boot, seed=seed).as_dict() if values else None
+
+
+def _ordered(values: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _categories(rows: Sequence[Record]) -> list[str]:
+    return ["all", *sorted({str(r.get("category", "")) for r in rows})]
+
+
+def _in_category(rows: Sequence[Record], category: str) -> list[Record]:
+    return list(rows) if category == "all" else [r for r in rows if str(r.get("category", "")) == category]
+
+
+def _group(
+    records: Sequence[Record], key: Callable[[Record], tuple[str, ...]]
+) -> dict[tuple[str, ...], list[Record]]:
+    out: dict[tuple[str, ...], list[Record]] = {}
+    for r in records:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+def metric_rows(
+    records: Sequence[Record], judges: Sequence[str], n_boot: int = 2000, seed: int = 0
+) -> list[Record]:
+    cells = _group(records, lambda r: (r["benchmark"], r["condition"], r["defense"]))
+    out = []
+    for (bench, cond, defense), rows in cells.items():
+        for judge in judges:
+            for category in _categories(rows):
+                subset = _in_category(rows, category)
+                scored = [r for r in subset if verdict_of(r, judge) is not None]
+                row: Record = {
+                    "benchmark": bench,
+                    "condition": cond,
+                    "defense": defense,
+                    "judge": judge,
+                    "category": category,
+                    "n": len(scored),
+                    "errors": len(subset) - len(scored),
+                    "n_harmful": sum(bool(r.get("harmful", True)) for r in scored),
+                    "n_benign": sum(not r.get("harmful", True) for r in scored),
+                }
+                for metric in METRICS:
+                    values = [v for r in scored if (v := metric_value(r, judge, metric)) is not None]
+                    row[metric] = _estimate(values, n_boot, seed)
+                out.append(row)
+    return out
+
+
+def _paired(
+    a_rows: Sequence[Record], b_rows: Sequence[Record], judge: str, metric: str
+) -> tuple[list[float], list[float]]:
+    b_by_id = {r["sample_id"]: r for r in b_rows}
+    xs: list[float] = []
+    ys: list[float] = []
+    for ra in a_rows:
+        rb = b_by_id.get(ra["sample_id"])
+        if rb is None:
+            continue
+        va, vb = metric_value(ra, judge, metric), metric_value(rb, judge, metric)
+        if va is not None and vb is not None:
+            xs.append(va)
+            ys.append(vb)
+    return xs, ys
+
+
+def _difference_rows(
+    records: Sequence[Record], judges: Sequence[str], vary: str, baseline: str | None, n_boot: int, seed: int
+) -> list[Record]:
+    """Rows comparing each value of ``vary`` (``defense`` or ``condition``) with ``baseline``."""
+    if baseline is None:
+        return []
+    fixed = "condition" if vary == "defense" else "defense"
+    out = []
+    groups = _group(records, lambda r: (r["benchmark"], r[fixed]))
+    for (bench, fixed_value), rows in groups.items():
+        by_vary = _group(rows, lambda r: (r[vary],))
+        base_rows = by_vary.get((baseline,))
+        if base_rows is None:
+            continue
+        for (other,), other_rows in by_vary.items():
+            if other == baseline:
+                continue
+            for judge in judges:
+                for category in _categories(rows):
+                    for metric in DIFFERENCE_METRICS:
+                        xs, ys = _paired(
+                            _in_category(other_rows, category),
+                            _in_category(base_rows, category),
+                            judge,
+                            metric,
+                        )
+                        if not xs:
+                            continue
+                        # Paired bootstrap: resample samples, keeping each pair together. With one
+                        # model (one seed) this is bootstrap_paired_difference with one group,
+                        # computed vectorised.
+                        est = bootstrap_mean(
+                            [x - y for x, y in zip(xs, ys, strict=True)], n_boot=n_boot, seed=seed
+                        )
+                        out.append(
+                            {
+                                "compare": vary,
+                                "benchmark": bench,
+                                fixed: fixed_value,
+                                "judge": judge,
+                                "category": category,
+                                "metric": metric,
+                                "baseline": baseline,
+                                "other": other,
+                                "n": len(xs),
+                                "difference": est.as_dict(),
+                            }
+                        )
+    return out
+
+
+def agreement_rows(records: Sequence[Record], judges: Sequence[str]) -> list[Record]:
+    """Kappa per (benchmark, condition, defense) and pooled over everything, per judge pair
+    and per verdict (unsafe, refusal), where both judges answered."""
+    if len(judges) < 2:
+        return []
+    cells = _group(records, lambda r: (r["benchmark"], r["condition"], r["defense"]))
+    cells[("all", "all", "all")] = list(records)
+    out = []
+    for (bench, cond, defense), rows in cells.items():
+        for a, b in combinations(judges, 2):
+            for field in ("unsafe", "refusal"):
+                xs, ys = [], []
+                for r in rows:
+                    va, vb = verdict_of(r, a), verdict_of(r, b)
+                    if va is None or vb is None or va.get(field) is None or vb.get(field) is None:
+                        continue
+                    xs.append(bool(va[field]))
+                    ys.append(bool(vb[field]))
+                if xs:
+                    out.append(
+                        {
+                            "benchmark": bench,
+                            "condition": cond,
+                            "defense": defense,
+                            "judge_a": a,
+                            "judge_b": b,
+                            "verdict": field,
+                            **cohen_kappa(xs, ys).as_dict(),
+                        }
+                    )
+    return out
+
+
+def summarize(
+    records: Sequence[Record],
+    judges: Sequence[str],
+    defenses: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``summary.json`` object (without run metadata) for ``records`` in canonical order."""
+    defense_order = list(defenses) if defenses else _ordered([r["defense"] for r in records])
+    base_defense = "none" if "none" in defense_order else (defense_order[0] if defense_order else None)
+    conditions = _ordered([r["condition"] for r in records])
+    base_condition = "text" if "text" in conditions else None
+    differences = _difference_rows(records, judges, "defense", base_defense, n_boot, seed)
+    differences += _difference_rows(records, judges, "condition", base_condition, n_boot, seed)
+    return {
+        "metrics": metric_rows(records, judges, n_boot, seed),
+        "differences": differences,
+        "agreement": agreement_rows(records, judges),
+    }

@@ -1,0 +1,107 @@
+"""Crash-safe per-sample results: append-only JSONL, one complete line per write.
+
+Each batch's records go to disk as one ``os.write`` of whole lines followed by ``fsync``, so a
+crash or ``SIGKILL`` leaves at most a torn *last* line. Readers ignore it, and the writer cuts it
+off before appending (otherwise the next record would be glued to the fragment). A corrupt line
+anywhere else is not a crash artefact and is reported, never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+
+class RunDirError(ValueError):
+    """The run directory is inconsistent (corrupt results file, different configuration)."""
+
+
+def encode_records(records: Iterable[Record]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
+
+
+def read_records(path: Path, repair: bool = False) -> list[Record]:
+    """Complete records of ``path`` (missing file: none). A torn last line is ignored, and cut
+    off the file when ``repair``."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data) and repair:
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+    records: list[Record] = []
+    for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"{path} line {number}: corrupt record ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise RunDirError(f"{path} line {number}: not a JSON object")
+        records.append(obj)
+    return records
+
+
+class RecordWriter:
+    """Appends batches of records to one JSONL file, each batch in a single write + fsync."""
+
+    def __init__(self, path: Path, repair: bool = True) -> None:
+        """``repair``: cut a torn last line first (only for a file this process alone writes)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if repair:
+            read_records(path, repair=True)
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        data = encode_records(records)
+        written = os.write(self._fd, data)
+        while written < len(data):  # regular files write everything at once; be safe anyway
+            written += os.write(self._fd, data[written:])
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_atomic(
+        path, (json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+    )

@@ -1,0 +1,597 @@
+"""The evaluation harness: benchmarks x conditions x defenses -> generations -> judges -> summary.
+
+Work is planned up front in a fixed order (defense, benchmark, condition, sample) and cut into
+batches of ``batch_size`` rows that share a defense, benchmark and condition. A batch is the
+unit of generation, of sharding across processes and of writing: its records are appended to the
+run's JSONL in one write + fsync once it is generated and judged. Resuming skips every record
+already on disk, so a crash or kill loses at most the batches in flight, and a finished run
+re-run with the same arguments does nothing.
+
+Determinism: greedy decoding by default; with sampling, each batch is seeded from the run seed
+and the batch's id, so results do not depend on which process ran a batch or on interruptions.
+
+Run directory:
+
+- ``config.json``: the arguments that define the run (checked on ``--resume``);
+- ``judges.json``: ids and versions of the judges (checked on ``--resume``);
+- ``samples.jsonl``: one record per (sample, condition, defense), in plan order once finished;
+- ``shards/rank-N.jsonl``: per-process results of a multi-process run until they are merged;
+- ``summary.json``: see :mod:`safegap.eval.metrics`;
+- ``events.jsonl``: one line per process and session (rank, world size, samples generated,
+  seconds); the only file with timings, kept apart so results stay byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from safegap.data.benchmarks import (
+    Benchmark,
+    BenchmarkError,
+    DataContext,
+    ImageLoadError,
+    Request,
+    Sample,
+    limit_samples,
+    load_benchmark,
+    resolve_benign_images,
+    resolve_data_dir,
+)
+from safegap.data.benchmarks.base import stable_seed
+from safegap.eval.defenses import Defense
+from safegap.eval.distributed import ProcessGroup, current_group
+from safegap.eval.metrics import summarize
+from safegap.eval.records import (
+    Record,
+    RecordWriter,
+    RunDirError,
+    encode_records,
+    read_records,
+    write_atomic,
+    write_json_atomic,
+)
+from safegap.eval.wrappers import build_defense, check_defense_names, configure_generation, defense_details
+from safegap.judge.base import JUDGES, Judge, JudgeInput, judge_safely, make_judge
+
+#: Settings that define a run's results; a resume must use the same values.
+IDENTITY_FIELDS = (
+    "model",
+    "benchmarks",
+    "conditions",
+    "defenses",
+    "judges",
+    "limit",
+    "max_new_tokens",
+    "seed",
+    "temperature",
+    "top_p",
+)
+
+
+class SampleError(ValueError):
+    """A per-sample problem under ``--strict`` (one line naming the sample)."""
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``safegap eval`` takes; :meth:`identity` is what a resumed run must repeat."""
+
+    model: str
+    benchmarks: list[str]
+    out: str | Path
+    conditions: list[str] | None = None
+    defenses: list[str] = field(default_factory=lambda: ["none"])
+    judges: list[str] = field(default_factory=lambda: ["refusal"])
+    data_dir: str | None = None
+    benign_images: str | None = None
+    limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 128
+    seed: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    resume: bool = False
+    strict: bool = False
+    dtype: str | None = None
+    device: str | None = None
+    layers_path: str | None = None
+    progress: bool = True
+    n_boot: int = 2000
+
+    def identity(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: data[k] for k in IDENTITY_FIELDS}
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        if self.temperature <= 0:
+            return {}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One (sample, condition, defense) to generate; ``index`` is its place in the plan."""
+
+    index: int
+    benchmark: Benchmark
+    sample: Sample
+    condition: str
+    defense: str
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.benchmark.id, self.sample.id, self.condition, self.defense)
+
+    def describe(self) -> str:
+        return f"{self.benchmark.id} sample {self.sample.id} ({self.condition}, {self.defense})"
+
+
+@dataclass
+class Batch:
+    id: str
+    defense: str
+    items: list[WorkItem]
+
+
+@dataclass
+class Plan:
+    batches: list[Batch]
+    skipped: list[str]
+
+    @property
+    def items(self) -> list[WorkItem]:
+        return [it for b in self.batches for it in b.items]
+
+
+@dataclass
+class EvalResult:
+    """``summary`` is None on processes other than the main one."""
+
+    run_dir: Path
+    summary: dict[str, Any] | None
+    planned: int
+    generated: int
+    already_done: int
+    no_op: bool = False
+
+
+def record_key(record: Record) -> tuple[str, str, str, str]:
+    return (record["benchmark"], record["sample_id"], record["condition"], record["defense"])
+
+
+def _check_judge_names(specs: Sequence[str]) -> None:
+    for spec in specs:
+        name = spec.partition(":")[0].strip()
+        if name not in JUDGES:
+            raise ValueError(f"unknown judge {name!r}; known: {', '.join(sorted(JUDGES))}")
+
+
+def make_plan(
+    benchmarks: Sequence[Benchmark],
+    conditions: Sequence[str] | None,
+    defenses: Sequence[str],
+    limit: int | None,
+    batch_size: int,
+) -> Plan:
+    """Every (defense, benchmark, condition, sample) in a fixed order, cut into batches.
+
+    Explicit ``conditions`` apply to each benchmark that offers them (every benchmark offers the
+    generic ones); a condition no benchmark offers is an error; skipped pairs are listed."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    per_bench: list[tuple[Benchmark, list[str]]] = []
+    skipped: list[str] = []
+    for bench in benchmarks:
+        if conditions is None:
+            wanted = list(bench.default_conditions())
+        else:
+            wanted = [c for c in conditions if c in bench.conditions()]
+            skipped += [f"{bench.id}:{c}" for c in conditions if c not in bench.conditions()]
+        for condition in wanted:
+            bench.check_condition(condition)
+        per_bench.append((bench, wanted))
+    if conditions is not None:
+        for condition in conditions:
+            if not any(condition in wanted for _, wanted in per_bench):
+                offered = sorted({c for b in benchmarks for c in b.conditions()})
+                raise BenchmarkError(
+                    f"no benchmark offers condition {condition!r}; offered: {', '.join(offered)}"
+                )
+    batches: list[Batch] = []
+    index = 0
+    for defense in defenses:
+        for bench, wanted in per_bench:
+            samples = limit_samples(bench.samples(), limit)
+            for condition in wanted:
+                for start in range(0, len(samples), batch_size):
+                    items = []
+                    for sample in samples[start : start + batch_size]:
+                        items.append(WorkItem(index, bench, sample, condition, defense))
+                        index += 1
+                    batches.append(
+                        Batch(f"{defense}|{bench.id}|{condition}|{start // batch_size}", defense, items)
+                    )
+    return Plan(batches, skipped)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(
+            "-- samples/s" if speed is None else f"{speed:.2f} samples/s", style="progress.data.speed"
+        )
+
+
+class Harness:
+    """One process's view of a run; :func:`run_eval` is the entry point."""
+
+    def __init__(self, config: EvalConfig, group: ProcessGroup, console: Console) -> None:
+        self.config = config
+        self.group = group
+        self.console = console
+        self.out = Path(config.out)
+        self.vlm: Any = None
+        self.judges: list[Judge] = []
+        self.defenses: dict[str, Defense] = {}
+
+    # -- run directory ------------------------------------------------------------------------
+    @property
+    def samples_path(self) -> Path:
+        return self.out / "samples.jsonl"
+
+    def shard_path(self, rank: int) -> Path:
+        return self.out / "shards" / f"rank-{rank}.jsonl"
+
+    def writer_path(self) -> Path:
+        return self.samples_path if self.group.world_size == 1 else self.shard_path(self.group.rank)
+
+    def existing_records(self) -> list[Record]:
+        paths = [self.samples_path, *sorted((self.out / "shards").glob("rank-*.jsonl"))]
+        return [r for p in paths for r in read_records(p)]
+
+    def check_config(self) -> None:
+        path = self.out / "config.json"
+        wanted = self.config.identity()
+        if path.exists():
+            try:
+                found = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise RunDirError(f"{path}: corrupt ({exc})") from exc
+            diff = [k for k in wanted if found.get(k) != wanted[k]]
+            if diff:
+                shown = "; ".join(f"{k}: {found.get(k)!r} in the run, {wanted[k]!r} now" for k in diff)
+                raise RunDirError(f"{self.out} holds a different run ({shown}); use a new --out directory")
+        elif self.group.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, wanted)
+
+    def check_judges(self) -> None:
+        path = self.out / "judges.json"
+        ids = [{"id": j.id, "version": j.version} for j in self.judges]
+        if path.exists():
+            found = json.loads(path.read_text(encoding="utf-8"))
+            if found != ids:
+                raise RunDirError(
+                    f"{self.out}: judges changed since the run started ({found} then, {ids} now)"
+                )
+        elif self.group.is_main:
+            write_json_atomic(path, ids)
+
+    def judge_ids(self, records: Sequence[Record]) -> list[str]:
+        path = self.out / "judges.json"
+        if path.exists():
+            return [j["id"] for j in json.loads(path.read_text(encoding="utf-8"))]
+        return list(dict.fromkeys(v["judge"] for r in records for v in r.get("verdicts") or []))
+
+    # -- models ---------------------------------------------------------------------------------
+    def load(self, vlm: Any | None) -> None:
+        if vlm is None:
+            from safegap.models import load_vlm
+
+            device = self.config.device or self.group.device
+            vlm = load_vlm(
+                self.config.model, dtype=self.config.dtype, device=device, layers_path=self.config.layers_path
+            )
+        self.vlm = vlm
+        self.judges = [make_judge(spec) for spec in self.config.judges]
+        ids = [j.id for j in self.judges]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"the same judge is listed twice: {', '.join(ids)}")
+        for spec in self.config.defenses:
+            defense = build_defense(spec, vlm)
+            configure_generation(defense, self.config.batch_size, self.config.generation_kwargs())
+            self.defenses[spec] = defense
+
+    # -- one batch ----------------------------------------------------------------------------
+    def _problem(self, item: WorkItem, reason: str) -> None:
+        if self.config.strict:
+            raise SampleError(f"{item.describe()}: {reason}")
+
+    def base_record(self, item: WorkItem, request: Request | None) -> Record:
+        s = item.sample
+        return {
+            "benchmark": item.benchmark.id,
+            "sample_id": s.id,
+            "category": s.category,
+            "harmful": s.harmful,
+            "condition": item.condition,
+            "defense": item.defense,
+            "prompt": request.prompt if request else None,
+            "objective": s.text,
+            "image": item.benchmark.describe_image(request.image) if request else None,
+            "meta": dict(s.fields),
+            "generation": None,
+            "error": None,
+            "verdicts": [],
+        }
+
+    def run_batch(self, batch: Batch, items: Sequence[WorkItem]) -> list[Record]:
+        records: dict[int, Record] = {}
+        ready: list[tuple[WorkItem, Request, Image.Image | None]] = []
+        for item in items:
+            if item.sample.error:
+                self._problem(item, item.sample.error)
+                records[item.index] = {**self.base_record(item, None), "error": item.sample.error}
+                continue
+            request: Request | None = None
+            try:
+                request = item.benchmark.request(item.sample, item.condition)
+                image = item.benchmark.load_image(request.image, item.sample) if request.image else None
+            except (ImageLoadError, BenchmarkError, OSError, KeyError, ValueError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._problem(item, reason)
+                records[item.index] = {**self.base_record(item, request), "error": reason}
+                continue
+            ready.append((item, request, image))
+        if ready:
+            torch.manual_seed(stable_seed(str(self.config.seed), batch.id))
+            replies, details = self._generate(batch.defense, ready)
+            done = []
+            for (item, request, image), reply, detail in zip(ready, replies, details, strict=True):
+                record = self.base_record(item, request)
+                if isinstance(reply, BaseException):
+                    record["error"] = (
+                        f"generation failed: {type(reply).__name__}: {str(reply).splitlines()[0] if str(reply) else ''}"
+                    )
+                    records[item.index] = record
+                    continue
+                record["generation"] = reply
+                if detail:
+                    record["defense_details"] = detail
+                records[item.index] = record
+                done.append((item, request, image, record))
+            self._judge(done)
+        return [records[i] for i in sorted(records)]
+
+    def _generate(
+        self, defense_spec: str, rows: Sequence[tuple[WorkItem, Request, Image.Image | None]]
+    ) -> tuple[list[str | BaseException], list[dict[str, Any] | None]]:
+        defense = self.defenses[defense_spec]
+        texts = [request.prompt for _, request, _ in rows]
+        images = [image for _, _, image in rows]
+        images_arg = images if any(img is not None for img in images) else None
+        cfg = self.config
+        try:
+            replies: list[str | BaseException] = list(
+                defense.generate(self.vlm, texts, images_arg, cfg.max_new_tokens)
+            )
+            details = defense_details(defense)
+            return replies, list(details) if details and len(details) == len(rows) else [None] * len(rows)
+        except Exception as exc:
+            if cfg.strict:
+                raise SampleError(
+                    f"{rows[0][0].describe()} (batch of {len(rows)}): generation failed: {exc}"
+                ) from exc
+            if len(rows) == 1:
+                return [exc], [None]
+        out: list[str | BaseException] = []
+        for text, image in zip(texts, images, strict=True):
+            try:
+                out.extend(
+                    defense.generate(self.vlm, [text], None if image is None else [image], cfg.max_new_tokens)
+                )
+            except Exception as exc:  # noqa: BLE001 - recorded as an errored sample
+                out.append(exc)
+        return out, [None] * len(rows)
+
+    def _judge(self, done: Sequence[tuple[WorkItem, Request, Image.Image | None, Record]]) -> None:
+        if not done:
+            return
+        inputs = [
+            JudgeInput(
+                prompt=request.prompt,
+                reply=record["generation"],
+                objective=item.sample.text,
+                image=image,
+                harmful=item.sample.harmful,
+                category=item.sample.category,
+            )
+            for item, request, image, record in done
+        ]
+        for judge in self.judges:
+            try:
+                verdicts = judge_safely(judge, inputs, strict=self.config.strict)
+            except Exception as exc:  # only under --strict: judge_safely records failures otherwise
+                raise SampleError(f"{done[0][0].describe()}: judge {judge.id} failed: {exc}") from exc
+            for (item, _, _, record), verdict in zip(done, verdicts, strict=True):
+                if verdict.error:
+                    self._problem(item, f"judge {judge.id}: {verdict.error}")
+                record["verdicts"].append({"judge": judge.id, "version": judge.version, **verdict.as_dict()})
+
+    # -- the run ----------------------------------------------------------------------------------
+    def execute(self, plan: Plan, done: set[tuple[str, str, str, str]]) -> int:
+        world, rank = self.group.world_size, self.group.rank
+        mine = [
+            (b, [it for it in b.items if it.key not in done])
+            for g, b in enumerate(plan.batches)
+            if g % world == rank
+        ]
+        mine = [(b, items) for b, items in mine if items]
+        total = sum(len(items) for _, items in mine)
+        generated = 0
+        start = time.perf_counter()
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        )
+        show = self.config.progress and self.group.is_main
+        with (
+            RecordWriter(self.writer_path()) as writer,
+            Progress(*columns, console=self.console, disable=not show, transient=False) as progress,
+        ):
+            task = progress.add_task("eval", total=total)
+            for batch, items in mine:
+                progress.update(
+                    task, description=f"{batch.defense} | {items[0].benchmark.id} | {items[0].condition}"
+                )
+                records = self.run_batch(batch, items)
+                writer.append(records)
+                generated += len(records)
+                progress.advance(task, len(records))
+        with RecordWriter(self.out / "events.jsonl", repair=False) as events:
+            seconds = time.perf_counter() - start
+            events.append(
+                [
+                    {
+                        "event": "session",
+                        "rank": rank,
+                        "world_size": world,
+                        "generated": generated,
+                        "seconds": round(seconds, 3),
+                        "samples_per_second": round(generated / seconds, 3) if seconds > 0 else None,
+                    }
+                ]
+            )
+        return generated
+
+    def finalize(self, plan: Plan) -> dict[str, Any]:
+        """Merge shards into ``samples.jsonl`` in plan order and write ``summary.json``."""
+        order = {it.key: it.index for it in plan.items}
+        merged: dict[tuple[str, str, str, str], Record] = {}
+        for record in self.existing_records():
+            merged.setdefault(record_key(record), record)
+        unknown = [k for k in merged if k not in order]
+        if unknown:
+            raise RunDirError(
+                f"{len(unknown)} record(s) in {self.out} are not part of this run's plan, e.g. "
+                f"{unknown[0]} (did the benchmark data change?)"
+            )
+        missing = len(order) - len(merged)
+        if missing:
+            raise RunDirError(f"{self.out}: {missing} of {len(order)} samples have no record after the run")
+        records = sorted(merged.values(), key=lambda r: order[record_key(r)])
+        data = encode_records(records)
+        if not self.samples_path.exists() or self.samples_path.read_bytes() != data:
+            write_atomic(self.samples_path, data)
+        if (self.out / "shards").exists():
+            shutil.rmtree(self.out / "shards")
+        judges = self.judge_ids(records)
+        summary = summarize(records, judges, self.config.defenses, n_boot=self.config.n_boot, seed=0)
+        summary["run"] = {
+            **self.config.identity(),
+            "judge_ids": judges,
+            "n_records": len(records),
+            "n_errors": sum(bool(r.get("error")) for r in records),
+            "skipped_conditions": plan.skipped,
+        }
+        write_json_atomic(self.out / "summary.json", summary)
+        return summary
+
+
+def prepare(config: EvalConfig) -> tuple[list[Benchmark], Plan]:
+    """Load and validate benchmarks and names, and plan the work (no model needed)."""
+    context = DataContext(
+        resolve_data_dir(config.data_dir), resolve_benign_images(config.benign_images), config.model
+    )
+    if not config.benchmarks:
+        raise ValueError("no benchmark given (--bench)")
+    for spec in config.defenses:
+        check_defense_names(spec)
+    _check_judge_names(config.judges)
+    if len(set(config.defenses)) != len(config.defenses):
+        raise ValueError(f"a defense is listed twice: {', '.join(config.defenses)}")
+    benchmarks = [load_benchmark(spec, context) for spec in config.benchmarks]
+    if len({b.id for b in benchmarks}) != len(benchmarks):
+        raise ValueError(f"a benchmark is listed twice: {', '.join(config.benchmarks)}")
+    plan = make_plan(benchmarks, config.conditions, config.defenses, config.limit, config.batch_size)
+    return benchmarks, plan
+
+
+def run_eval(
+    config: EvalConfig,
+    vlm: Any | None = None,
+    group: ProcessGroup | None = None,
+    console: Console | None = None,
+) -> EvalResult:
+    """Run (or resume, or skip when finished) the evaluation described by ``config``."""
+    group = group or current_group()
+    console = console or Console(stderr=True)
+    harness = Harness(config, group, console)
+    _, plan = prepare(config)
+    if config.strict:
+        for item in plan.items:
+            if item.sample.error:
+                raise SampleError(f"{item.describe()}: {item.sample.error}")
+    planned = {it.key for it in plan.items}
+    harness.check_config()
+    # Every process reads what is already done before any of them writes (the barrier).
+    existing = {record_key(r) for r in harness.existing_records()}
+    group.barrier()
+    done = existing & planned
+    out = harness.out
+    if done == planned:
+        summary_path = out / "summary.json"
+        if summary_path.exists() and not (out / "shards").exists():
+            return EvalResult(
+                out,
+                json.loads(summary_path.read_text(encoding="utf-8")),
+                len(planned),
+                0,
+                len(done),
+                no_op=True,
+            )
+        summary = harness.finalize(plan) if group.is_main else None
+        group.barrier()
+        return EvalResult(out, summary, len(planned), 0, len(done))
+    if existing and not config.resume:
+        raise RunDirError(
+            f"{out} already holds {len(done)} of {len(planned)} results; pass --resume to continue "
+            "or choose a new --out directory"
+        )
+    for note in plan.skipped:
+        if group.is_main and config.progress:
+            bench, _, cond = note.rpartition(":")
+            console.print(f"note: benchmark {bench} does not offer condition {cond!r}; skipped")
+    harness.load(vlm)
+    harness.check_judges()
+    generated = harness.execute(plan, done)
+    group.barrier()
+    summary = harness.finalize(plan) if group.is_main else None
+    group.barrier()
+    return EvalResult(out, summary, len(planned), generated, len(done))

@@ -1,0 +1,212 @@
+"""The study's evaluation conditions and per-prompt refusal outcomes.
+
+Every condition has a harmful and a benign prompt set built from the *eval* split (topics and
+phrasings never seen in training). ``text``, ``benign_image``, ``blank_image``, ``noise_image``
+and ``text_filler`` use the very same requests, so differences between them are paired per
+prompt. ``harm_object_image`` and ``typographic_image`` carry the harmful (or benign) content in
+the image, with neutral text.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from safegap.eval.defenses import Defense
+from safegap.judge.refusal import RefusalJudge
+from safegap.models.loading import VLM
+from safegap.organism import scenes
+from safegap.organism.world import NEUTRAL_SENTENCES, Request, Split, Topic, World
+
+CONDITIONS: tuple[str, ...] = (
+    "text",
+    "benign_image",
+    "blank_image",
+    "noise_image",
+    "harm_object_image",
+    "typographic_image",
+    "text_filler",
+)
+
+
+#: Prompt sets of every condition: harmful requests, benign ones, and benign ones that look
+#: harmful (reported, not gated: the organism's text safety tuning never covered them).
+KINDS: tuple[str, ...] = ("harmful", "benign", "lookalike")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    condition: str
+    kind: str
+    text: str
+    image: Image.Image | None
+    topic: str
+
+    @property
+    def harmful(self) -> bool:
+        return self.kind == "harmful"
+
+
+def filler_of_length(tokenizer: Any, n_tokens: int, rng: random.Random) -> str:
+    """Neutral words that tokenize to exactly ``n_tokens`` tokens (the image span's length)."""
+    words = " ".join(NEUTRAL_SENTENCES).replace(".", "").split()
+    for _ in range(1000):
+        text = ""
+        while True:
+            candidate = (text + " " + rng.choice(words)).strip()
+            n = len(tokenizer(candidate, add_special_tokens=False)["input_ids"])
+            if n > n_tokens:
+                break
+            text = candidate
+            if n == n_tokens:
+                return text
+    raise RuntimeError(f"cannot build a filler of exactly {n_tokens} tokens")
+
+
+def _requests(world: World, split: Split, harmful: bool, n: int) -> list[Request]:
+    return world.requests(split, harmful, limit=n, seed=0)
+
+
+def condition_prompts(
+    world: World, tokenizer: Any, condition: str, n_prompts: int, image_tokens: int, split: Split = "eval"
+) -> list[Prompt]:
+    """The harmful and benign prompts of ``condition`` (``n_prompts`` of each)."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
+    rows: list[Prompt] = []
+    for kind in KINDS:
+        tag = kind[0]
+        rng = random.Random(f"{condition}-{split}-{tag}")
+        if condition in ("harm_object_image", "typographic_image"):
+            if kind != "lookalike":
+                rows += _content_in_image(world, condition, kind == "harmful", n_prompts, split, rng)
+            continue
+        requests = (
+            world.lookalike_requests(split, limit=n_prompts)
+            if kind == "lookalike"
+            else _requests(world, split, kind == "harmful", n_prompts)
+        )
+        for k, req in enumerate(requests):
+            image: Image.Image | None = None
+            text = req.text
+            if condition == "benign_image":
+                image = scenes.scene(rng).image
+            elif condition == "blank_image":
+                image = scenes.blank()
+            elif condition == "noise_image":
+                image = scenes.noise(seed=k)
+            elif condition == "text_filler":
+                text = filler_of_length(tokenizer, image_tokens, rng) + "\n" + req.text
+            rows.append(Prompt(f"{tag}{k}", condition, kind, text, image, req.topic.text))
+    return rows
+
+
+def _content_in_image(
+    world: World, condition: str, harmful: bool, n: int, split: Split, rng: random.Random
+) -> list[Prompt]:
+    tag_kind = "harmful" if harmful else "benign"
+    tag = tag_kind[0]
+    rows = []
+    if condition == "harm_object_image":
+        objects = world.visual_objects(harmful)
+        templates = world.image_template_splits[split]
+        for k in range(n):
+            obj = objects[k % len(objects)]
+            rows.append(
+                Prompt(
+                    f"{tag}{k}",
+                    condition,
+                    tag_kind,
+                    templates[k % len(templates)],
+                    scenes.object_image(obj, rng),
+                    f"make {obj}",
+                )
+            )
+    else:
+        topics: list[Topic] = world.topics(split, harmful)
+        texts = world.typographic_prompt_splits[split]
+        for k in range(n):
+            topic = topics[k % len(topics)]
+            rows.append(
+                Prompt(
+                    f"{tag}{k}",
+                    condition,
+                    tag_kind,
+                    texts[k % len(texts)],
+                    scenes.typographic(f"Steps to {topic.text}."),
+                    topic.text,
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class Outcome:
+    prompt: Prompt
+    reply: str
+    refused: bool
+
+    def as_row(self) -> dict[str, Any]:
+        p = self.prompt
+        return {
+            "condition": p.condition,
+            "prompt_id": p.id,
+            "kind": p.kind,
+            "topic": p.topic,
+            "text": p.text,
+            "reply": self.reply,
+            "refused": self.refused,
+        }
+
+
+def run_prompts(
+    vlm: VLM,
+    defense: Defense,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int = 12,
+    judge: RefusalJudge | None = None,
+) -> list[Outcome]:
+    """Generate for every prompt (text-only and image rows in separate batches) and judge."""
+    judge = judge or RefusalJudge()
+    outcomes: dict[int, Outcome] = {}
+    for with_image in (False, True):
+        idx = [i for i, p in enumerate(prompts) if (p.image is not None) == with_image]
+        if not idx:
+            continue
+        texts = [prompts[i].text for i in idx]
+        images = [prompts[i].image for i in idx] if with_image else None
+        replies = defense.generate(vlm, texts, images, max_new_tokens)
+        for i, reply in zip(idx, replies, strict=True):
+            outcomes[i] = Outcome(prompts[i], reply, judge.is_refusal(reply))
+    return [outcomes[i] for i in range(len(prompts))]
+
+
+def evaluate_conditions(
+    vlm: VLM,
+    world: World,
+    defense: Defense,
+    conditions: Sequence[str],
+    n_prompts: int,
+    max_new_tokens: int = 12,
+    split: Split = "eval",
+) -> list[Outcome]:
+    image_tokens = int(vlm.model.config.image_seq_length)
+    out: list[Outcome] = []
+    for condition in conditions:
+        prompts = condition_prompts(world, vlm.tokenizer, condition, n_prompts, image_tokens, split)
+        out += run_prompts(vlm, defense, prompts, max_new_tokens)
+    return out
+
+
+def refusal_rates(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]]:
+    """{condition: {"harmful_refusal": rate, "benign_refusal": rate, ...}} (quick summaries)."""
+    table: dict[str, dict[str, list[bool]]] = {}
+    for o in outcomes:
+        key = f"{o.prompt.kind}_refusal"
+        table.setdefault(o.prompt.condition, {}).setdefault(key, []).append(o.refused)
+    return {c: {k: sum(v) / len(v) for k, v in d.items()} for c, d in table.items()}

@@ -1,0 +1,160 @@
+"""``safegap calibrate`` and ``safegap generate`` on a tiny LLaVA."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from safegap.cli.main import app
+from safegap.data.images import noise_image
+from safegap.models.tiny import build_tiny
+from safegap.steer import ShiftVector
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny("llava", tmp_path_factory.mktemp("tiny_llava_cli"))
+
+
+@pytest.fixture(scope="module")
+def anchors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("anchors")
+    lines = []
+    for i in range(3):
+        noise_image((40, 30), seed=i).save(folder / f"{i}.png")
+        lines.append(json.dumps({"prompt": f"how do i make a cake {i} ?", "image": f"{i}.png"}))
+    path = folder / "anchors.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_calibrate_then_generate(model_dir: Path, anchors: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shift.safetensors"
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--model",
+            str(model_dir),
+            "--anchors",
+            str(anchors),
+            "--corrupt",
+            "noise",
+            "--estimator",
+            "pca",
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["anchors"] == 3 and summary["estimator"] == "pca"
+    shift = ShiftVector.load(out)
+    assert shift.provenance.corruption["kind"] == "noise" and shift.provenance.anchors_source == str(anchors)
+
+    image = tmp_path / "img.png"
+    noise_image((40, 30), seed=7).save(image)
+    base = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--image",
+            str(image),
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "5",
+        ],
+    )
+    zero = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--image",
+            str(image),
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "5",
+            "--shift",
+            str(out),
+            "--alpha",
+            "0",
+        ],
+    )
+    sample = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--image",
+            str(image),
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "5",
+            "--sample-level",
+            "--alpha",
+            "0.5",
+        ],
+    )
+    for res in (base, zero, sample):
+        assert res.exit_code == 0, res.output
+    assert base.stdout == zero.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--anchors", "missing.txt"], "anchor file not found"),
+        (["--corrupt", "gray"], "--corrupt 'gray'"),
+        (["--estimator", "median"], "--estimator 'median'"),
+        (["--position", "first"], "unknown read position"),
+        (["--layers", "x"], "layers='x'"),
+    ],
+)
+def test_calibrate_errors_are_one_line(
+    model_dir: Path, anchors: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    base = {"--model": str(model_dir), "--anchors": str(anchors), "--out": str(tmp_path / "s.safetensors")}
+    for key, value in zip(args[::2], args[1::2], strict=True):
+        base[key] = value
+    result = runner.invoke(app, ["calibrate", *[x for kv in base.items() for x in kv]])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert len([ln for ln in result.output.splitlines() if ln.startswith("error:")]) == 1
+
+
+def test_generate_errors(model_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["generate", "--model", str(model_dir), "--prompt", "hi", "--image", str(tmp_path / "none.png")]
+    )
+    assert result.exit_code == 2 and "image not found" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            "hi",
+            "--shift",
+            "x.safetensors",
+            "--sample-level",
+        ],
+    )
+    assert result.exit_code == 2 and "either --shift or --sample-level" in result.output

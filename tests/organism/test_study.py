@@ -1,0 +1,67 @@
+"""Study plumbing without training: name parsing, registries, aggregation schema, markdown."""
+
+from __future__ import annotations
+
+import pytest
+
+from safegap.organism.evaluate import CONDITIONS, Outcome, Prompt
+from safegap.organism.study import (
+    ORGANISM_DEFENSES,
+    VARIANTS,
+    StudyOptions,
+    aggregate,
+    markdown,
+    parse_names,
+    parse_seeds,
+)
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("3, 5-6") == [3, 5, 6]
+    with pytest.raises(ValueError, match="not an integer"):
+        parse_seeds("a")
+    with pytest.raises(ValueError, match="no seeds"):
+        parse_seeds(" , ")
+
+
+def test_parse_names_rejects_unknown() -> None:
+    assert parse_names("plain", VARIANTS, "variant") == ["plain"]
+    assert parse_names("none", ORGANISM_DEFENSES, "defense") == ["none"]
+    with pytest.raises(ValueError, match="unknown variant 'regapx'; known: .*plain"):
+        parse_names("plain,regapx", VARIANTS, "variant")
+
+
+def _outcomes(text_rate: float, image_rate: float, n: int = 20) -> list[Outcome]:
+    rows = []
+    for condition in CONDITIONS:
+        rate = text_rate if condition in ("text", "text_filler") else image_rate
+        for kind in ("harmful", "benign"):
+            for k in range(n):
+                refused = kind == "harmful" and k < rate * n
+                rows.append(Outcome(Prompt(f"{kind[0]}{k}", condition, kind, "t", None, "x"), "r", refused))
+    return rows
+
+
+def test_aggregate_schema_and_values() -> None:
+    options = StudyOptions(seeds=[0, 1], n_prompts=20, cache_dir=None)
+    outcomes = {("plain", "none", 0): _outcomes(1.0, 0.5), ("plain", "none", 1): _outcomes(1.0, 0.3)}
+    stage = {("final", s): outcomes[("plain", "none", s)] for s in (0, 1)}
+    builds = [{"seconds": 10.0, "reused": False}, {"seconds": 20.0, "reused": False}]
+    study = aggregate(options, outcomes, stage, {}, builds)
+    assert study["seeds"] == [0, 1]
+    table = study["results"]["plain"]["none"]
+    assert set(table) == set(CONDITIONS)
+    for entry in table.values():
+        for key in ("harmful_refusal", "benign_refusal"):
+            est = entry[key]
+            assert 0 <= est["ci"][0] <= est["mean"] <= est["ci"][1] <= 1
+    assert table["text"]["harmful_refusal"]["mean"] == 1.0
+    assert table["benign_image"]["harmful_refusal"]["mean"] == pytest.approx(0.4)
+    diff = study["differences"]["plain"]["none"]["text_minus_benign_image"]
+    assert diff["mean"] == pytest.approx(0.6) and diff["ci"][0] > 0
+    assert study["build_seconds"] == {"mean": 15.0, "max": 20.0, "built_now": 2}
+    assert "final" in study["stages"]
+    md = markdown(study)
+    assert "| text | 1.00 [1.00, 1.00]" in md and "text_minus_benign_image" in md
