@@ -44,6 +44,20 @@ def test_batch_size_does_not_change_the_vector(llava: VLM) -> None:
         assert torch.allclose(one.vectors[i], four.vectors[i], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sharing_the_corrupted_prefix_does_not_change_the_vector(
+    tiny_vlm_factory: Callable[[str], VLM], family: str
+) -> None:
+    vlm = tiny_vlm_factory(family)
+    anchors = image_anchors(5)
+    shared = calibrate(vlm, anchors, batch_size=5, share_prefix=True)
+    plain = calibrate(vlm, anchors, batch_size=5, share_prefix=False)
+    for i in plain.layers:  # float32 rounding of O(1) states is ~1e-7; some layers have no gap at all
+        assert torch.allclose(shared.vectors[i], plain.vectors[i], rtol=1e-4, atol=1e-5), i
+    for key in ("mean_dist_text_original", "mean_dist_original_corrupted", "rms_gap_before"):
+        assert shared.diagnostics[key] == pytest.approx(plain.diagnostics[key], rel=1e-3, abs=1e-5)
+
+
 def test_accumulator_pca_matches_an_eigendecomposition_of_all_differences() -> None:
     gen = torch.Generator().manual_seed(0)
     mean = torch.randn(12, generator=gen, dtype=torch.float64)

@@ -133,7 +133,7 @@ class StudyOptions:
     defenses: list[str] = field(default_factory=lambda: ["none"])
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
     n_prompts: int = 64
-    max_new_tokens: int = 12
+    max_new_tokens: int = 16
     config: OrganismConfig = field(default_factory=OrganismConfig)
     #: Where to reuse text-aligned bases and finished organisms (None: build everything).
     cache_dir: Path | None = field(default_factory=default_cache_dir)

@@ -34,6 +34,7 @@ from safegap.steer.anchors import (
     corruption_record,
     validate_anchors,
 )
+from safegap.steer.prefix import shared_prefix_states
 from safegap.steer.vector import Provenance, ShiftVector
 
 Estimator = Literal["mean", "pca", "pca_centered"]
@@ -239,11 +240,14 @@ def calibrate(
     diagnostics: bool = True,
     source: str = "",
     progress: Callable[[int, int], None] | None = None,
+    share_prefix: bool = True,
 ) -> ShiftVector:
     """Dataset-level CMRM shift ``mean(text-only - corrupted)`` (or a PCA variant) per layer.
 
     ``anchors`` are ``(text, image-or-None)`` pairs (bare strings mean no image). ``progress``
-    is called as ``progress(done, total)`` after each batch.
+    is called as ``progress(done, total)`` after each batch. ``share_prefix`` runs the corrupted
+    prompts' common head once per batch where they have one (blank images, ``position="last"``;
+    :mod:`safegap.steer.prefix`); the result is the same up to float rounding.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; use {', '.join(ESTIMATORS)}")
@@ -255,22 +259,39 @@ def calibrate(
     acc = DiffAccumulator(wanted, hidden, second_moment=estimator != "mean")
     diag = _Diagnostics(wanted, hidden)
     done = 0
-    for chunk in _batches(items, batch_size):
+    # Batches of similar text length waste less compute on padding; the sums do not depend on order.
+    by_length = sorted(items, key=lambda item: len(item[0]))
+    for chunk in _batches(by_length, batch_size):
         texts = [t for t, _ in chunk]
-        text_only = read_states(vlm, texts, None, wanted, position, system)
         corrupted_imgs = [corrupted_image(corrupt, img, t, noise_seed) for t, img in chunk]
         with_original = [k for k, (_, img) in enumerate(chunk) if img is not None] if diagnostics else []
-        image_texts = texts + [texts[k] for k in with_original]
-        image_rows: list[Image.Image | None] = [*corrupted_imgs, *(chunk[k][1] for k in with_original)]
-        image_states = read_states(vlm, image_texts, image_rows, wanted, position, system)
+        originals: list[Image.Image | None] = [chunk[k][1] for k in with_original]
         n = len(chunk)
-        acc.add({i: text_only[i] - image_states[i][:n] for i in wanted})
+        shared = None
+        if share_prefix and position == "last" and n > 1:
+            shared = shared_prefix_states(vlm, texts, corrupted_imgs, wanted, system)
+        if shared is not None:
+            text_only = {i: v.to(torch.float64).cpu() for i, v in shared[0].items()}
+            corrupted_states = {i: v.to(torch.float64).cpu() for i, v in shared[1].items()}
+            original_states = (
+                read_states(vlm, [texts[k] for k in with_original], originals, wanted, position, system)
+                if with_original
+                else {}
+            )
+        else:
+            text_only = read_states(vlm, texts, None, wanted, position, system)
+            image_texts = texts + [texts[k] for k in with_original]
+            image_rows: list[Image.Image | None] = [*corrupted_imgs, *originals]
+            image_states = read_states(vlm, image_texts, image_rows, wanted, position, system)
+            corrupted_states = {i: v[:n] for i, v in image_states.items()}
+            original_states = {i: v[n:] for i, v in image_states.items()}
+        acc.add({i: text_only[i] - corrupted_states[i] for i in wanted})
         if with_original:
             idx = torch.tensor(with_original)
             diag.add(
                 {i: text_only[i][idx] for i in wanted},
-                {i: image_states[i][idx] for i in wanted},
-                {i: image_states[i][n:] for i in wanted},
+                {i: corrupted_states[i][idx] for i in wanted},
+                original_states,
             )
         done += n
         if progress is not None:

@@ -28,6 +28,7 @@ measured (image tokens, template tokens). See ``docs/cmrm.md``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,10 +106,28 @@ def cache_length(cache: Any) -> int:
     return 0
 
 
-def _layer_device(layer: torch.nn.Module, fallback: torch.device) -> torch.device:
-    for p in layer.parameters():
-        return p.device
-    return fallback
+#: model -> (a parameter of the model, {layer index: a parameter of that layer}); resolved once per
+#: model so attaching does not walk the module tree (``.device``/``.dtype`` are read live, so a
+#: model moved with ``.to()`` is still right: ``Module.to`` keeps the parameter objects).
+_PARAM_REFS: weakref.WeakKeyDictionary[
+    torch.nn.Module, tuple[torch.Tensor, dict[int, torch.Tensor | None]]
+] = weakref.WeakKeyDictionary()
+
+
+def _param_refs(vlm: VLM) -> tuple[torch.Tensor, dict[int, torch.Tensor | None]]:
+    found = _PARAM_REFS.get(vlm.model)
+    if found is not None:
+        return found
+    layers = vlm.adapter.decoder_layers
+    per_layer: dict[int, torch.Tensor | None] = {
+        i: next(iter(layer.parameters()), None) for i, layer in enumerate(layers)
+    }
+    refs: tuple[torch.Tensor, dict[int, torch.Tensor | None]] = (
+        next(iter(vlm.model.parameters())),
+        per_layer,
+    )
+    _PARAM_REFS[vlm.model] = refs
+    return refs
 
 
 def _per_layer(value: ShiftVector | torch.Tensor | None, layer: int, what: str) -> torch.Tensor | None:
@@ -141,6 +160,7 @@ class SteeringHandle:
         reference: ShiftVector | torch.Tensor | None = None,
         rows: RowPolicy = "image",
         clamp: tuple[float, float] = (0.0, 1.0),
+        cache: dict[tuple[Any, ...], Any] | None = None,
     ) -> None:
         if rows not in ("image", "all"):
             raise ValueError(f"rows must be 'image' or 'all', got {rows!r}")
@@ -153,9 +173,14 @@ class SteeringHandle:
         self.rows_policy = rows
         self.layers = sorted(vectors)
         self.steered_forwards = 0
-        self._dtype = vlm.dtype
+        model_param, layer_params = _param_refs(vlm)
+        self._dtype = model_param.dtype
         layer_modules = vlm.adapter.decoder_layers
-        self._devices = {i: _layer_device(layer_modules[i], vlm.device) for i in self.layers}
+        self._devices = {
+            i: (p.device if (p := layer_params.get(i)) is not None else model_param.device)
+            for i in self.layers
+        }
+        self._cache = cache if direction is None and reference is None else None
         self._params: dict[int, dict[str, Any]] = {}
         needs_direction = self.operator in (OPERATORS["project"], OPERATORS["gated"])
         for i in self.layers:
@@ -176,9 +201,20 @@ class SteeringHandle:
             self._params[i] = params
         self._vectors: dict[int, torch.Tensor] = {}
         self._deltas: dict[int, torch.Tensor] = {}
-        for i, v in vectors.items():
-            if v is not None:
-                self._set_vector(i, v)
+        key = None
+        if self._cache is not None and all(v is not None for v in vectors.values()):
+            # storage + version counter per layer: an in-place edit of a vector invalidates the entry
+            stamp = tuple((i, v.data_ptr(), v._version) for i, v in vectors.items() if v is not None)
+            key = (stamp, self.alpha, self._dtype, tuple(self._devices.values()), self.operator)
+        hit = self._cache.get(key) if self._cache is not None and key is not None else None
+        if hit is not None:
+            self._vectors, self._deltas = dict(hit[0]), dict(hit[1])
+        else:
+            for i, v in vectors.items():
+                if v is not None:
+                    self._set_vector(i, v)
+            if key is not None and self._cache is not None:
+                self._cache[key] = (dict(self._vectors), dict(self._deltas))
         # per-forward state, set by the pre-hook
         self._weight: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
@@ -199,8 +235,7 @@ class SteeringHandle:
     # -- vectors ------------------------------------------------------------------------------
     def _set_vector(self, layer: int, vector: torch.Tensor) -> None:
         """Store ``vector`` ((d,) or (B, d) or (B, 1, d)) and precompute its correction."""
-        device = self._devices[layer]
-        v = vector.to(device)
+        v = vector.to(self._devices[layer])
         if v.dim() == 2:
             v = v[:, None, :]
         self._vectors[layer] = v.to(self._dtype)
@@ -280,6 +315,11 @@ class SteeringHandle:
         if weight is None:
             return None
         if self._prefill:
+            if hidden.shape[:2] != weight.shape[:2]:
+                raise RuntimeError(
+                    f"layer {layer} output has shape {tuple(hidden.shape[:2])} but the prefill input was "
+                    f"{tuple(weight.shape[:2])}; this family changes the sequence inside the model"
+                )
             self._prepare_prefill_layer(layer, hidden)
         if weight.device != hidden.device:
             weight = weight.to(hidden.device)
@@ -329,7 +369,9 @@ def patch(
     shift.check_fits(vlm)
     chosen = resolve_steer_layers(layers, shift.layers)
     vectors = {i: shift.vectors[i] for i in chosen}
-    return SteeringHandle(vlm, vectors, alpha, positions, operator, direction, reference, rows, clamp)
+    return SteeringHandle(
+        vlm, vectors, alpha, positions, operator, direction, reference, rows, clamp, cache=shift.prepared
+    )
 
 
 @contextmanager

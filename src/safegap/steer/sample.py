@@ -26,20 +26,19 @@ there, although it is the fewest calls.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from PIL import Image
 
 from safegap.models.adapter import ImagesArg, per_row_images
-from safegap.models.hooks import layer_hooks
 from safegap.models.loading import VLM
 from safegap.probe.record import resolve_layers
 from safegap.steer.anchors import CorruptionKind, corrupted_image
 from safegap.steer.calibrate import record_states
 from safegap.steer.intervene import DEFAULT_POSITIONS, Layers, SteeringHandle, resolve_policy
 from safegap.steer.operators import Operator
+from safegap.steer.prefix import shared_prefix_states
 from safegap.steer.vector import ShiftVector
 
 
@@ -149,141 +148,6 @@ class FusedSampleSteering(SteeringHandle):
                 self._deltas[i] = self._deltas[i][:n]
 
 
-@dataclass
-class _PrefixPlan:
-    """How to share one corrupted-image prefix among rows (see :func:`shared_prefix_shifts`)."""
-
-    length: int
-    prefix_ids: torch.Tensor
-    suffixes: list[torch.Tensor]
-    per_image: dict[str, torch.Tensor]
-    per_token_prefix: dict[str, torch.Tensor]
-    per_token_suffixes: dict[str, list[torch.Tensor]]
-
-
-#: Families where sharing a prefix is not equivalent: PaliGemma attends bidirectionally over the
-#: whole prompt, Mllama injects the image by cross-attention, not through prefix tokens.
-SHARED_PREFIX_UNSAFE_FAMILIES = frozenset({"paligemma", "mllama"})
-
-
-def _prefix_plan(vlm: VLM, batch: Mapping[str, Any]) -> _PrefixPlan | None:
-    """``None`` unless every row has the same image inputs and the same token prefix covering
-    all image tokens, and positions are plain 1-D (no per-row M-RoPE offsets)."""
-    if vlm.adapter.family in SHARED_PREFIX_UNSAFE_FAMILIES:
-        return None
-    if any(hasattr(m, "rope_deltas") for m in (vlm.model, getattr(vlm.model, "model", None))):
-        return None
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    k, width = ids.shape
-    starts = (width - mask.sum(dim=1)).tolist()
-    rows = [ids[r, starts[r] :] for r in range(k)]
-    shortest = min(len(r) for r in rows)
-    same = torch.stack([r[:shortest] for r in rows]).eq(rows[0][:shortest]).all(dim=0)
-    length = int(same.long().cumprod(0).sum())
-    image = vlm.adapter.image_token_mask(ids) & mask.bool()
-    last_image = [int(image[r].nonzero().max()) - starts[r] for r in range(k) if image[r].any()]
-    if len(last_image) != k or max(last_image) >= length or length >= shortest:
-        return None
-    per_image: dict[str, torch.Tensor] = {}
-    per_token_prefix: dict[str, torch.Tensor] = {}
-    per_token_suffixes: dict[str, list[torch.Tensor]] = {}
-    for key, value in batch.items():
-        if key in ("input_ids", "attention_mask"):
-            continue
-        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != k:
-            return None
-        if value.dim() >= 2 and value.shape[1] == width:
-            per_token_prefix[key] = value[:1, starts[0] : starts[0] + length]
-            per_token_suffixes[key] = [value[r, starts[r] + length :] for r in range(k)]
-        elif all(torch.equal(value[r], value[0]) for r in range(1, k)):
-            per_image[key] = value[:1]
-        else:
-            return None
-    return _PrefixPlan(
-        length,
-        rows[0][:length][None],
-        [r[length:] for r in rows],
-        per_image,
-        per_token_prefix,
-        per_token_suffixes,
-    )
-
-
-def _right_pad(rows: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
-    return torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=value) for r in rows])
-
-
-@torch.inference_mode()
-def shared_prefix_shifts(
-    vlm: VLM,
-    texts: Sequence[str],
-    corrupted: Sequence[Image.Image],
-    layers: list[int],
-    system: str | None = None,
-) -> dict[int, torch.Tensor] | None:
-    """Per-row shifts ``{layer: (K, d)}`` with the corrupted prompts' common prefix computed once.
-
-    With a blank image every corrupted prompt starts with the same tokens and pixels (template
-    head + image tokens); that prefix is run once for one row, its KV cache is repeated, and one
-    short forward runs every corrupted row's text suffix *and* every text-only prompt (whose
-    prefix columns are masked out). Rows are right-padded so real tokens sit right after the
-    prefix, which keeps sliding-window attention exact. ``None`` when the prompts do not share
-    such a prefix (noise images, M-RoPE families, ...): use another layout.
-    """
-    corrupt_batch = vlm.build_inputs(list(texts), list(corrupted), system)
-    plan = _prefix_plan(vlm, corrupt_batch)
-    if plan is None:
-        return None
-    text_batch = vlm.build_inputs(list(texts), None, system)
-    k = len(texts)
-    device = vlm.device
-    pad = int(vlm.tokenizer.pad_token_id)
-    text_start = (text_batch["input_ids"].shape[1] - text_batch["attention_mask"].sum(dim=1)).tolist()
-    text_rows = [text_batch["input_ids"][r, text_start[r] :] for r in range(k)]
-    lengths = [len(r) for r in plan.suffixes] + [len(r) for r in text_rows]
-    width = max(lengths)
-    ids = _right_pad([*plan.suffixes, *text_rows], width, pad).to(device)
-    real = torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
-    prefix_cols = torch.ones(2 * k, plan.length, dtype=torch.long, device=device)
-    prefix_cols[k:] = 0  # text-only rows do not see the image prefix
-    attention = torch.cat([prefix_cols, real.long()], dim=1)
-    position_ids = torch.arange(width, device=device)[None, :].repeat(2 * k, 1)
-    position_ids[:k] += plan.length
-    extra: dict[str, torch.Tensor] = {}
-    for key, suffixes in plan.per_token_suffixes.items():
-        from_text = text_batch.get(key)
-        text_part = [
-            from_text[r, text_start[r] :] if from_text is not None else torch.zeros_like(text_rows[r])
-            for r in range(k)
-        ]
-        extra[key] = _right_pad([*suffixes, *text_part], width, 0).to(device)
-    prefix = vlm.model(
-        input_ids=plan.prefix_ids.to(device),
-        attention_mask=torch.ones_like(plan.prefix_ids).to(device),
-        use_cache=True,
-        **{k_: v.to(device) for k_, v in {**plan.per_image, **plan.per_token_prefix}.items()},
-    )
-    cache = prefix.cache
-    cache.batch_repeat_interleave(2 * k)
-    last = torch.tensor(lengths, device=device) - 1
-    captured: dict[int, torch.Tensor] = {}
-
-    def grab(index: int, hidden: torch.Tensor) -> None:
-        captured[index] = hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
-
-    with layer_hooks(vlm.adapter.decoder_layers, lambda i, h: grab(i, h), layers):
-        vlm.model(
-            input_ids=ids,
-            attention_mask=attention,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **extra,
-        )
-    return {i: captured[i][k:] - captured[i][:k] for i in layers}
-
-
 Layout = Literal["fused", "text_first", "separate", "shared_prefix"]
 #: ``fused``: one prefill of originals + text-only + corrupted rows (text-only rows padded to the
 #: image rows' length). ``text_first``: a short text-only pass, then one prefill of originals +
@@ -293,6 +157,23 @@ Layout = Literal["fused", "text_first", "separate", "shared_prefix"]
 #: the prompts share no such prefix).
 LAYOUTS: tuple[str, ...] = ("fused", "text_first", "separate", "shared_prefix")
 DEFAULT_LAYOUT: Layout = "shared_prefix"
+
+
+def shared_prefix_shifts(
+    vlm: VLM,
+    texts: Sequence[str],
+    corrupted: Sequence[Image.Image],
+    layers: list[int],
+    system: str | None = None,
+) -> dict[int, torch.Tensor] | None:
+    """Per-row shifts ``text-only - corrupted`` via :func:`shared_prefix_states` (``None`` if the
+    prompts share no head)."""
+    found = shared_prefix_states(vlm, texts, corrupted, layers, system)
+    if found is None:
+        return None
+    text, corrupt = found
+    return {i: text[i] - corrupt[i] for i in layers}
+
 
 #: Families whose text-only rows are computed differently inside a batch that has image rows, so
 #: the fused prefill would not give true text-only states. Mllama: a text-only batch skips the
@@ -400,7 +281,7 @@ def sample_level_ids(
     if layout == "shared_prefix" and has_any:
         corrupted_k = [corrupted_image(corrupt, rows[k], texts[k], noise_seed) for k in image_rows]
         found = shared_prefix_shifts(vlm, [texts[k] for k in image_rows], corrupted_k, wanted, system)
-        if found is not None:
+        if found is not None:  # else: no shareable head, separate passes below
             shifts = {
                 i: torch.zeros(len(texts), v.shape[-1], dtype=v.dtype, device=v.device)
                 for i, v in found.items()

@@ -72,7 +72,7 @@ def _shape_text(num_layers: int | None, hidden: int | None) -> str:
     return f"{num_layers if num_layers is not None else '?'} layers x hidden {hidden if hidden is not None else '?'}"
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no single truth value; equality is identity
 class ShiftVector:
     """Per-layer vectors ``{layer_index: (hidden,)}`` plus provenance and optional diagnostics.
 
@@ -83,6 +83,8 @@ class ShiftVector:
     vectors: dict[int, torch.Tensor]
     provenance: Provenance = field(default_factory=Provenance)
     diagnostics: dict[str, list[float]] = field(default_factory=dict)
+    #: Corrections prepared for a model (device, dtype, alpha), reused by later attaches.
+    prepared: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.vectors:
