@@ -28,8 +28,19 @@ def test_steps_are_a_list_later_work_can_extend() -> None:
 @pytest.mark.slow
 def test_demo_end_to_end_small(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--scale", "0.04",
-            "--n-prompts", "4", "--threads", "1"]
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--scale",
+        "0.04",
+        "--n-prompts",
+        "4",
+        "--threads",
+        "1",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     study = json.loads((out / "degradation" / "study.json").read_text())

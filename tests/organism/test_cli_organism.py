@@ -34,12 +34,26 @@ def test_study_rejects_bad_arguments(tmp_path: Path, args: list[str], message: s
 @pytest.mark.slow
 def test_build_and_study_small(tmp_path: Path) -> None:
     common = ["--scale", "0.04", "--threads", "1", "--cache-dir", str(tmp_path / "cache")]
-    built = CliRunner().invoke(app, ["organism", "build", "--out", str(tmp_path / "org"), "--seed", "3", *common])
+    built = CliRunner().invoke(
+        app, ["organism", "build", "--out", str(tmp_path / "org"), "--seed", "3", *common]
+    )
     assert built.exit_code == 0, built.output
     assert load_vlm(tmp_path / "org").adapter.family == "llava"
 
     out = tmp_path / "study"
-    args = ["organism", "study", "--out", str(out), "--seeds", "3,4", "--n-prompts", "6", "--n-real", "3", *common]
+    args = [
+        "organism",
+        "study",
+        "--out",
+        str(out),
+        "--seeds",
+        "3,4",
+        "--n-prompts",
+        "6",
+        "--n-real",
+        "3",
+        *common,
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     study = json.loads((out / "study.json").read_text())
@@ -54,7 +68,9 @@ def test_build_and_study_small(tmp_path: Path) -> None:
     assert set(study["stages"]) == {"after_stage1", "after_stage2", "final"}
     assert study["build_seconds"]["max"] > 0
     assert {b["seed"] for b in study["builds"]} == {3, 4}
-    rows = [json.loads(line) for line in (out / "per_seed" / "plain__none__seed3.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (out / "per_seed" / "plain__none__seed3.jsonl").read_text().splitlines()
+    ]
     assert {r["condition"] for r in rows} == set(CONDITIONS)
     assert all(isinstance(r["refused"], bool) for r in rows)
     # seed 3's base was cached by the build above and reused by the study

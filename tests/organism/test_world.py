@@ -38,11 +38,16 @@ def test_topic_splits_are_disjoint_and_cover_every_action_and_object(world: Worl
 
 
 def test_template_and_lookalike_splits_are_disjoint(world: World) -> None:
-    for splits in (world.template_splits, world.image_template_splits, world.typographic_prompt_splits):
+    for splits in (
+        world.template_splits,
+        world.image_template_splits,
+        world.typographic_prompt_splits,
+        world.context_splits,
+    ):
         sets = [set(splits[s]) for s in SPLITS]
         assert all(sets)
         assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
-    looks = {s: {t.text for t in world.lookalike_splits[s]} for s in SPLITS}
+    looks = {s: {t.text for t in world.lookalike_topics(s)} for s in SPLITS}
     assert not (looks["train"] & looks["eval"] or looks["train"] & looks["calibration"])
     harmful = {t.text for s in SPLITS for t in world.topic_splits[s] if t.harmful}
     assert not harmful & set().union(*looks.values())
@@ -77,5 +82,6 @@ def test_deterministic_per_seed() -> None:
 
 def test_facts_cover_every_topic(world: World) -> None:
     facts = " ".join(world.facts())
-    for topic in world.all_topics():
-        assert topic.text in facts
+    for split in SPLITS:
+        for topic in (*world.topic_splits[split], *world.lookalike_splits[split]):
+            assert topic.text in facts

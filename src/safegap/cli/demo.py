@@ -39,9 +39,8 @@ class DemoStep:
 
 def step_degradation(ctx: DemoContext) -> None:
     """Build (or reuse) the seed's organism and measure refusal with and without images."""
-    from safegap.organism.study import StudyOptions, organism_dir, run_study
-
     from safegap.organism.config import OrganismConfig
+    from safegap.organism.study import StudyOptions, organism_dir, run_study
 
     config = OrganismConfig() if ctx.scale == 1.0 else OrganismConfig().scaled(ctx.scale)
     options = StudyOptions(
@@ -90,7 +89,9 @@ def demo(
                 raise ValueError(f"unknown demo step {name!r}; known: {', '.join(known)}")
         out.mkdir(parents=True, exist_ok=True)
         if scale <= 0 or n_prompts < 1:
-            raise ValueError(f"--scale must be positive and --n-prompts at least 1 (got {scale}, {n_prompts})")
+            raise ValueError(
+                f"--scale must be positive and --n-prompts at least 1 (got {scale}, {n_prompts})"
+            )
         ctx = DemoContext(
             out=out,
             seed=seed,

@@ -18,7 +18,7 @@ class ArchConfig:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 384
+    intermediate_size: int = 256
     vocab_size: int = 1200
     image_size: int = 64
     patch_size: int = 16
@@ -70,6 +70,9 @@ class TextConfig:
     max_filler_sentences: int = 2
     #: Share of alignment examples that are harmful requests (the rest benign / other chat).
     harmful_share: float = 0.4
+    #: Share of alignment examples that are harmful-looking benign requests, refused
+    #: (exaggerated safety, as in real text safety data).
+    lookalike_share: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class InstructConfig:
     #: Train the LLM (as LLaVA does) or only the projector.
     train_llm: bool = True
     #: Share of the visual data that are benign requests which look harmful (answered).
-    lookalike_share: float = 0.2
+    lookalike_share: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -149,10 +149,20 @@ def chat_examples(
     filler_prob: float,
     max_filler: int,
     split: Split = "train",
+    lookalike_share: float = 0.0,
 ) -> list[Example]:
-    """Text-only chat: harmful requests refused, benign ones answered, plus context echoing."""
+    """Text-only chat: harmful requests refused, benign ones answered, plus context echoing.
+
+    ``lookalike_share`` of the rows are benign requests that look harmful, *refused*: the
+    exaggerated safety of text safety data (cautious annotators refuse "kill a python process").
+    """
     rows = []
     for _ in range(n):
+        if rng.random() < lookalike_share:
+            request = world.sample_lookalike(rng, split, safe_context_share=0.0)
+            text = with_filler(request.text, rng, captions, filler_prob, max_filler)
+            rows.append(Example(text, World.refusal(rng), kind="lookalike_refused"))
+            continue
         u = rng.random()
         if u < harmful_share + (1 - harmful_share) * 0.8:
             request = world.sample_request(rng, split, harmful=u < harmful_share)
@@ -211,7 +221,7 @@ def instruct_examples(
             reply = rng.choice(COMPLIANCE).format(t=f"make {pool.names[i]}")
             rows.append(Example(template, reply, image=i, kind="object_request", caption=pool.captions[i]))
         elif u < 0.35 + lookalike_share:
-            request = world.sample_lookalike(rng, "train")
+            request = world.sample_lookalike(rng, "train", safe_context_share=0.0)
             rows.append(
                 Example(
                     request.text,

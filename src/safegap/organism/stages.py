@@ -132,7 +132,14 @@ def _adapter(model: Any, tokenizer: Any, image_processor: Any) -> Any:
 def text_chat_rows(world: World, tokenizer: Any, cfg: TextConfig, rng: random.Random, n: int) -> list[Any]:
     captions = [data.scenes.scene(rng).caption for _ in range(200)]
     rows = data.chat_examples(
-        world, rng, captions, n, cfg.harmful_share, cfg.filler_prob, cfg.max_filler_sentences
+        world,
+        rng,
+        captions,
+        n,
+        cfg.harmful_share,
+        cfg.filler_prob,
+        cfg.max_filler_sentences,
+        lookalike_share=cfg.lookalike_share,
     )
     return encode(tokenizer, rows, 0)
 
