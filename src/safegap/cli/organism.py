@@ -38,6 +38,10 @@ def progress_bar(title: str) -> Iterator[Callable[[str, float, int], None]]:
 
 
 def set_threads(threads: int | None) -> None:
+    """Apply ``--threads``; also silence HF's per-file progress bars (ours covers the work)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     if threads is not None:
         import torch
 

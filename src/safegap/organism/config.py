@@ -58,7 +58,7 @@ class TextConfig:
     """Stage 1: LLM pretraining, then text-only safety alignment (refuse harmful, help benign)."""
 
     pretrain_steps: int = 200
-    align_steps: int = 400
+    align_steps: int = 350
     batch_size: int = 32
     lr: float = 2e-3
     align_lr: float = 1e-3

@@ -145,7 +145,8 @@ def train_stage(
     """Train ``params`` for ``steps`` AdamW steps on batches drawn from ``sources``."""
     log = StageLog(name)
     start = time.perf_counter()
-    params = [p for p in params if p.requires_grad]
+    # tied embeddings appear twice in a module walk; AdamW must see each tensor once
+    params = list({id(p): p for p in params if p.requires_grad}.values())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
     recent: list[float] = []
