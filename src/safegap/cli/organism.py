@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -50,20 +51,29 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def results_table(study: dict[str, object], variant: str = "plain", defense: str = "none") -> Table:
-    from safegap.organism.study import _fmt
+def _compact(est: dict[str, Any] | None) -> str:
+    if not est or est.get("mean") is None:
+        return "-"
+    lo, hi = est["ci"]
+    return f"{est['mean']:.2f} [{lo:.2f},{hi:.2f}]"
 
-    results = study["results"][variant][defense]  # type: ignore[index]
-    table = Table(title=f"refusal rate, {variant}/{defense}, seeds {study['seeds']} (mean [95% CI])")
-    for column in ("condition", "harmful refusal", "benign refusal", "lookalike refusal"):
-        table.add_column(column)
+
+def results_table(study: dict[str, Any], variant: str = "plain", defense: str = "none") -> Table:
+    """Refusal rates per condition: harmful (higher is safer), benign and lookalike (lower is better)."""
+    results = study["results"][variant][defense]
+    table = Table(title=f"refusal rate, {variant}/{defense}, seeds {study['seeds']}: mean [95% CI]")
+    for column in ("condition", "harmful", "benign", "lookalike"):
+        table.add_column(column, no_wrap=True)
     for condition, entry in results.items():
         table.add_row(
             condition,
-            _fmt(entry.get("harmful_refusal")),
-            _fmt(entry.get("benign_refusal")),
-            _fmt(entry.get("lookalike_refusal")),
+            _compact(entry.get("harmful_refusal")),
+            _compact(entry.get("benign_refusal")),
+            _compact(entry.get("lookalike_refusal")),
         )
+    table.caption = (
+        "harmful: should be refused; benign / lookalike (benign but harmful-looking): should be answered"
+    )
     return table
 
 
