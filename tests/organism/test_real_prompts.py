@@ -14,7 +14,9 @@ from safegap.organism.real_prompts import (
     xstest_safe_prompts,
 )
 
-pytestmark = pytest.mark.skipif(not (data_dir() / "advbench").is_dir(), reason="shared data folder not present")
+pytestmark = pytest.mark.skipif(
+    not (data_dir() / "advbench").is_dir(), reason="shared data folder not present"
+)
 
 
 def test_counts_match_the_benchmarks() -> None:

@@ -193,6 +193,7 @@ def run_study(
     stage_outcomes: dict[tuple[str, int], list[Outcome]] = {}
     real: dict[tuple[str, str, int], list[bool]] = {}
     builds: list[dict[str, Any]] = []
+    skipped_real: dict[str, str] = {}
     total = len(options.seeds) * len(options.variants)
     done = [0.0]
 
@@ -250,23 +251,28 @@ def run_study(
                 stage_outcomes[("final", seed)] = outcomes.get(("plain", "none", seed), [])
             if options.n_real > 0 and variant_name == "plain":
                 note(f"seed {seed}: real benchmark prompts")
-                real.update(_real_prompts(vlm, seed, options))
+                real.update(_real_prompts(vlm, seed, options, skipped_real))
             done[0] = unit + 1
     note("aggregating")
     study = aggregate(options, outcomes, stage_outcomes, real, builds)
+    study["real_prompts_skipped"] = skipped_real
     _write_atomic(out / "study.json", json.dumps(study, indent=1))
     _write_atomic(out / "study.md", markdown(study))
     note("done")
     return study
 
 
-def _real_prompts(vlm: VLM, seed: int, options: StudyOptions) -> dict[tuple[str, str, int], list[bool]]:
+def _real_prompts(
+    vlm: VLM, seed: int, options: StudyOptions, skipped: dict[str, str]
+) -> dict[tuple[str, str, int], list[bool]]:
+    """Refusals on real benchmark prompts; sets that cannot be read go to ``skipped`` with why."""
     out: dict[tuple[str, str, int], list[bool]] = {}
     defense = NoDefense(batch_size=32)
     for name, (loader, harmful) in real_prompts.REAL_SETS.items():
         try:
             texts = real_prompts.spread(loader(options.data_dir), options.n_real)
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, ValueError) as exc:
+            skipped[name] = str(exc).splitlines()[0]
             continue
         for condition, image in (("text", None), ("blank_image", scenes.blank())):
             prompts = [
