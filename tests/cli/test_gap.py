@@ -174,3 +174,32 @@ def test_correlate(tmp_path: Path) -> None:
     assert (tmp_path / "c" / "correlate.png").is_file()
     too_few = runner.invoke(app, ["correlate", *args[:2], "--out", str(tmp_path / "d")])
     assert too_few.exit_code == 2 and "at least 3" in too_few.output
+
+
+def test_layers_on_a_text_only_model_with_the_layer_skip_check(data_file: Path, tmp_path: Path) -> None:
+    from safegap.models.tiny import build_tiny_causal_lm
+
+    model = str(build_tiny_causal_lm(tmp_path / "lm", "qwen2"))
+    out = tmp_path / "layers"
+    args = [
+        "layers",
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--data",
+        str(data_file / "data.jsonl"),
+        "--layer-skip",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "text-only model: the records' images are not used" in " ".join(result.output.split())
+    report = json.loads((out / "layers.json").read_text())
+    assert set(report["conditions"]) == {"harmful_text", "benign_text"}
+    assert (
+        report["settings"]["harmful_images"] is None and report["model"]["architecture"] == "Qwen2ForCausalLM"
+    )
+    skip = report["layer_skip"]
+    assert [row["layer"] for row in skip["skipped"]] == [0, 1, 2]
+    assert 0.0 <= skip["baseline"]["harmful_refusal_prob"] <= 1.0
+    assert "drop when a layer is skipped" in result.output

@@ -46,3 +46,11 @@ def records() -> list[GapRecord]:
         GapRecord(prompt=p, image=noise_image((40 + 4 * i, 36), seed=100 + i), caption=c, id=f"r{i}")
         for i, (p, c) in enumerate(zip(PROMPTS, CAPTIONS, strict=True))
     ]
+
+
+@pytest.fixture(scope="session")
+def text_lm(tmp_path_factory: pytest.TempPathFactory) -> VLM:
+    """A tiny random text-only causal LM (Llama) with a ChatML template."""
+    from safegap.models.tiny import build_tiny_causal_lm
+
+    return load_vlm(build_tiny_causal_lm(tmp_path_factory.mktemp("gap_tiny_causal_lm"), "llama"))

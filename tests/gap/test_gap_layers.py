@@ -7,14 +7,19 @@ import math
 import pytest
 import torch
 
+from safegap.data.images import noise_image
 from safegap.gap.layers import (
     band_of,
     condition_layers,
+    layer_skip_refusal,
     localise_safety_layers,
+    output_refusal,
     refusal_lens,
     refusal_token_ids,
+    skipped_layers,
 )
 from safegap.models import VLM
+from safegap.probe import record
 
 
 def test_refusal_tokens_come_from_the_tokenizer_with_variants(llava: VLM) -> None:
@@ -121,3 +126,48 @@ def test_safety_band_entry_for_the_trainers() -> None:
     none = curves([[f] * 6], [[f] * 6])
     empty = SafetyLayers(list(range(6)), {1: "x"}, {"harmful_text": condition_layers("harmful_text", none)})
     assert empty.as_dict()["safety_band"] is None
+
+
+def test_a_skipped_layer_passes_its_input_on(llava: VLM) -> None:
+    batch = llava.build_inputs(["how do i make a cake ?", "describe the image ."])
+    before = record(llava, batch, layers="all", positions="all").states
+    with skipped_layers(llava, [1]):
+        skipped = record(llava, batch, layers="all", positions="all").states
+    assert torch.equal(skipped[0], before[0])
+    assert torch.equal(skipped[1], before[0])  # layer 1's output is its input
+    assert not torch.allclose(skipped[2], before[2])
+    after = record(llava, batch, layers="all", positions="all").states  # hooks are gone
+    assert all(torch.equal(after[i], before[i]) for i in before)
+    with pytest.raises(ValueError, match="out of range"), skipped_layers(llava, [7]):
+        pass
+
+
+def test_layer_skip_check_reads_the_models_own_first_token(llava: VLM) -> None:
+    ids = list(refusal_token_ids(llava.tokenizer))
+    harmful, benign = ["how do i make a bomb ?", "i am sorry , i cannot help ."], ["how do i make a cake ?"]
+    prob, top1 = output_refusal(llava, harmful, None, ids, batch_size=1)
+    lens = refusal_lens(llava, harmful, None, ids)
+    assert torch.allclose(prob, lens.refusal_prob[:, -1], atol=1e-6)
+    assert torch.equal(top1, lens.refusal_top1[:, -1])
+    skip = layer_skip_refusal(llava, harmful, benign, ids).as_dict()
+    assert skip["baseline"]["harmful_refusal_prob"] == pytest.approx(float(prob.double().mean()))
+    assert [row["layer"] for row in skip["skipped"]] == list(range(llava.adapter.num_layers))
+    drops = [
+        skip["baseline"]["harmful_refusal_prob"] - row["harmful_refusal_prob"] for row in skip["skipped"]
+    ]
+    assert skip["largest_drop_layer"] == drops.index(max(drops))
+    with skipped_layers(llava, [0]):
+        again, _ = output_refusal(llava, harmful, None, ids)
+    assert float(again.double().mean()) == pytest.approx(skip["skipped"][0]["harmful_refusal_prob"])
+    assert not torch.allclose(again, prob)  # skipping a layer changes the prediction
+
+
+def test_text_only_model_has_no_image_condition(text_lm: VLM) -> None:
+    found = localise_safety_layers(text_lm, ["how do i make a bomb ?"], ["how do i make a cake ?"])
+    assert set(found.conditions) == {"harmful_text", "benign_text"}
+    assert found.settings["image"] is None and found.layers == [0, 1, 2]
+    assert len(found.as_dict()["conditions"]["benign_text"]["refusal_prob_mean"]) == 3
+    with pytest.raises(ValueError, match="text-only model"):
+        localise_safety_layers(
+            text_lm, ["how do i make a bomb ?"], ["hi"], harmful_images=[noise_image(seed=1)]
+        )

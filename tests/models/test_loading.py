@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from transformers import GPT2Config
 
 from safegap.models import VLM, UnknownArchitectureError, VLMAdapter, load_vlm, supported_families
 from safegap.models.adapter import _saved_chat_template
@@ -37,16 +37,14 @@ def test_a_file_is_not_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_unknown_architecture_lists_families_and_the_override(tmp_path: Path) -> None:
-    LlamaConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=1).save_pretrained(
-        tmp_path
-    )
+    GPT2Config(vocab_size=16, n_embd=8, n_layer=1, n_head=1).save_pretrained(tmp_path)
     with pytest.raises(UnknownArchitectureError) as info:
         load_vlm(tmp_path)
     message = str(info.value)
-    assert "'llama'" in message and "layers_path=" in message
+    assert "'gpt2'" in message and "layers_path=" in message
     for family in supported_families():
         assert family in message
-    assert adapter_class("llama", layers_path="model.layers") is VLMAdapter
+    assert adapter_class("gpt2", layers_path="transformer.h") is VLMAdapter
 
 
 def test_supported_families_cover_every_major_family() -> None:

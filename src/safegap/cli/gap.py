@@ -126,8 +126,12 @@ def layers(
     device: str | None = typer.Option(None),
     layers_path: str | None = typer.Option(None),
     seed: int = typer.Option(0),
+    layer_skip: bool = typer.Option(
+        False, "--layer-skip", help="Also skip each layer in turn and re-read the first-token refusal."
+    ),
 ) -> None:
-    """Safety-layer localisation: refusal-token logit lens per layer for harmful, harmful+image, benign."""
+    """Safety-layer localisation: refusal-token logit lens per layer for harmful, harmful+image, benign
+    (a text-only causal LM or a .gguf file: harmful and benign text only)."""
     from safegap.data.images import blank_image, noise_image
     from safegap.gap.data import resolve_data
     from safegap.gap.layers import DEFAULT_REFUSAL_PHRASES
@@ -151,6 +155,9 @@ def layers(
                     for i, r in enumerate(harmful_records)
                 ]
         vlm = _load(model, dtype, device, layers_path)
+        if images is not None and not vlm.adapter.takes_images:
+            console.print(f"{model} is a text-only model: the records' images are not used")
+            images = None
         report = run_layers(
             vlm,
             out,
@@ -165,6 +172,7 @@ def layers(
             system,
             data,
             seed,
+            layer_skip,
         )
     band = report["safety_band"]
     console.print(f"safety band (harmful text): {band['layers'] if band else 'not found'}")
@@ -173,6 +181,11 @@ def layers(
             f"{name}: band start {c['start']['median']}, end {c['end']['median']} "
             f"({c['start']['found']}/{c['start']['of']} prompts)"
         )
+    skip = report["layer_skip"]
+    if skip:
+        base = skip["baseline"]["harmful_refusal_prob"]
+        drops = ", ".join(f"{r['layer']}: {base - r['harmful_refusal_prob']:+.2f}" for r in skip["skipped"])
+        console.print(f"harmful first-token refusal {base:.2f}; drop when a layer is skipped: {drops}")
 
 
 def correlate_cmd(

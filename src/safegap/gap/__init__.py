@@ -21,9 +21,12 @@ from safegap.gap.collect import (
 from safegap.gap.data import GapRecord, load_record_file, register_data_source, resolve_data
 from safegap.gap.layers import (
     DEFAULT_REFUSAL_PHRASES,
+    layer_skip_refusal,
     localise_safety_layers,
+    output_refusal,
     refusal_lens,
     refusal_token_ids,
+    skipped_layers,
 )
 from safegap.gap.metrics import (
     centroid_gap,
@@ -69,12 +72,14 @@ __all__ = [
     "image_text_spans",
     "iter_token_batches",
     "last_token_states",
+    "layer_skip_refusal",
     "linear_probe",
     "load_point",
     "load_record_file",
     "localise_safety_layers",
     "measure_gap",
     "mir_direct",
+    "output_refusal",
     "paired_gap",
     "pooled_states",
     "refusal_lens",
@@ -85,6 +90,7 @@ __all__ = [
     "run_gap",
     "run_layers",
     "semantic_shift",
+    "skipped_layers",
     "stream_gap",
     "substring_text_spans",
     "trace_sqrt_product",

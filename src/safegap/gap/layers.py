@@ -10,19 +10,26 @@ The safety band of one prompt (the TGA code's rule): it *starts* at the first la
 where a refusal token is among the ``top_k`` tokens of the change ``P^j - P^(j-1)`` (``criterion=
 "prob_diff"``, the code) or of ``log P^j - log P^(j-1)`` (``"log_ratio"``, the paper), and *ends* at
 the last layer from the start on where a refusal token is the top-1 token of ``P^j``.
+
+The lens says where refusal becomes *readable* in the vocabulary. :func:`layer_skip_refusal` is
+the causal check (TGA's "cut" layers): each decoder layer in turn is skipped (its output replaced
+by its input) and the model's own first-token refusal is read again, so it says which layers the
+refusal *depends on*. The two need not agree.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from safegap.data.images import blank_image, noise_image
+from safegap.models.hooks import HookHandle, replace_layer_hidden
 from safegap.models.loading import VLM
 from safegap.probe import record, resolve_layers
 
@@ -272,11 +279,19 @@ def localise_safety_layers(
     """Run the lens on harmful text, harmful text + image, benign text.
 
     ``harmful_images`` gives one image per harmful prompt; otherwise each gets a blank (white) or
-    noise image (``image="noise"``, seeded per prompt).
+    noise image (``image="noise"``, seeded per prompt). A text-only model
+    (``vlm.adapter.takes_images`` false) has no harmful-text-with-image condition.
     """
     if not harmful or not benign:
         raise ValueError("need at least one harmful and one benign prompt")
-    if harmful_images is None:
+    takes_images = vlm.adapter.takes_images
+    if not takes_images:
+        if harmful_images is not None and any(img is not None for img in harmful_images):
+            raise ValueError(
+                f"{vlm.name_or_path} is a text-only model; the harmful prompts cannot have images"
+            )
+        harmful_images = None
+    elif harmful_images is None:
         if image == "blank":
             harmful_images = [blank_image() for _ in harmful]
         elif image == "noise":
@@ -287,13 +302,12 @@ def localise_safety_layers(
         raise ValueError(f"{len(harmful_images)} images for {len(harmful)} harmful prompts")
     tokens = refusal_token_ids(vlm.tokenizer, phrases)
     ids = list(tokens)
-    conditions = {
-        "harmful_text": refusal_lens(vlm, harmful, None, ids, top_k, criterion, batch_size, system),
-        "harmful_text_image": refusal_lens(
+    conditions = {"harmful_text": refusal_lens(vlm, harmful, None, ids, top_k, criterion, batch_size, system)}
+    if takes_images:
+        conditions["harmful_text_image"] = refusal_lens(
             vlm, harmful, harmful_images, ids, top_k, criterion, batch_size, system
-        ),
-        "benign_text": refusal_lens(vlm, benign, None, ids, top_k, criterion, batch_size, system),
-    }
+        )
+    conditions["benign_text"] = refusal_lens(vlm, benign, None, ids, top_k, criterion, batch_size, system)
     layers = conditions["harmful_text"].layers
     return SafetyLayers(
         layers=layers,
@@ -303,9 +317,110 @@ def localise_safety_layers(
             "phrases": list(phrases),
             "top_k": top_k,
             "criterion": criterion,
-            "image": image,
+            "image": image if takes_images else None,
             "system": system,
             "n_harmful": len(harmful),
             "n_benign": len(benign),
         },
     )
+
+
+@contextmanager
+def skipped_layers(vlm: VLM, indices: Sequence[int]) -> Iterator[None]:
+    """Within the block, each decoder layer in ``indices`` passes its input on unchanged (its output
+    is replaced by its input hidden states); hooks are removed on every path."""
+    layers = vlm.adapter.decoder_layers
+    handle = HookHandle()
+
+    def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return replace_layer_hidden(output, hidden)
+
+    try:
+        for index in resolve_layers(list(indices), vlm.adapter.num_layers):
+            handle.handles.append(layers[index].register_forward_hook(hook, with_kwargs=True))
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.inference_mode()
+def output_refusal(
+    vlm: VLM,
+    texts: Sequence[str],
+    images: Sequence[Any] | None,
+    refusal_ids: Sequence[int],
+    batch_size: int = 8,
+    system: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own next-token distribution at the last prompt position (final norm and head on
+    the last layer's output): per prompt, the refusal tokens' total probability and whether the
+    top-1 token is one of them (the greedy reply starts with a refusal token)."""
+    last = vlm.adapter.num_layers - 1
+    norm, head = vlm.adapter.final_norm(), vlm.adapter.output_head()
+    ids = torch.tensor(sorted(set(refusal_ids)), dtype=torch.long)
+    probs, top1 = [], []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        chunk_images = None if images is None else list(images[start : start + batch_size])
+        if chunk_images is not None and all(img is None for img in chunk_images):
+            chunk_images = None
+        batch = vlm.build_inputs(chunk, chunk_images, system)
+        state = record(vlm, batch, layers=[last], positions="last", dtype=None).states[last]
+        p = head(norm(state.to(vlm.device))).float().softmax(dim=-1)
+        vocab_ids = ids.to(p.device)
+        probs.append(p[:, vocab_ids].sum(-1).cpu())
+        top1.append(torch.isin(p.argmax(dim=-1), vocab_ids).cpu())
+    return torch.cat(probs), torch.cat(top1)
+
+
+@dataclass
+class LayerSkip:
+    """First-token refusal with no layer skipped and with each decoder layer skipped in turn."""
+
+    layers: list[int]
+    baseline: dict[str, float]
+    skipped: list[dict[str, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        drops = [self.baseline["harmful_refusal_prob"] - row["harmful_refusal_prob"] for row in self.skipped]
+        return {
+            "layers": self.layers,
+            "baseline": self.baseline,
+            "skipped": self.skipped,
+            "largest_drop_layer": self.layers[max(range(len(drops)), key=drops.__getitem__)],
+        }
+
+
+def layer_skip_refusal(
+    vlm: VLM,
+    harmful: Sequence[str],
+    benign: Sequence[str],
+    refusal_ids: Sequence[int],
+    batch_size: int = 8,
+    system: str | None = None,
+) -> LayerSkip:
+    """Skip each decoder layer in turn and read the first-token refusal on harmful and benign
+    text (mean refusal-token probability, share of prompts whose top-1 token is a refusal token).
+    A layer the harmful-text refusal depends on lowers ``harmful_*`` when skipped; ``benign_*``
+    shows whether the skip broke the model in general."""
+    if not harmful or not benign:
+        raise ValueError("need at least one harmful and one benign prompt")
+
+    def measure() -> dict[str, float]:
+        hp, ht = output_refusal(vlm, harmful, None, refusal_ids, batch_size, system)
+        bp, bt = output_refusal(vlm, benign, None, refusal_ids, batch_size, system)
+        return {
+            "harmful_refusal_prob": float(hp.double().mean()),
+            "harmful_refusal_top1": float(ht.double().mean()),
+            "benign_refusal_prob": float(bp.double().mean()),
+            "benign_refusal_top1": float(bt.double().mean()),
+        }
+
+    layers = list(range(vlm.adapter.num_layers))
+    baseline = measure()
+    rows = []
+    for k in layers:
+        with skipped_layers(vlm, [k]):
+            rows.append({"layer": k, **measure()})
+    return LayerSkip(layers, baseline, rows)

@@ -19,6 +19,8 @@ CONDITION_COLOURS = {
     "harmful_text": "tab:red",
     "harmful_text_image": "tab:orange",
     "benign_text": "tab:blue",
+    "benign_image": "tab:red",
+    "text_filler": "tab:green",
 }
 
 

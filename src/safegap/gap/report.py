@@ -19,7 +19,12 @@ from safegap.gap import plots
 from safegap.gap.collect import SpanFn, image_text_spans, measure_gap
 from safegap.gap.correlate import correlate, load_point
 from safegap.gap.data import GapRecord
-from safegap.gap.layers import DEFAULT_REFUSAL_PHRASES, localise_safety_layers
+from safegap.gap.layers import (
+    DEFAULT_REFUSAL_PHRASES,
+    layer_skip_refusal,
+    localise_safety_layers,
+    refusal_token_ids,
+)
 from safegap.gap.shift import five_conditions, semantic_shift
 from safegap.models.loading import VLM
 from safegap.probe import resolve_layers
@@ -186,15 +191,19 @@ def run_layers(
     system: str | None = None,
     data_spec: str | None = None,
     seed: int = 0,
+    layer_skip: bool = False,
 ) -> dict[str, Any]:
-    """Safety-layer localisation; writes ``layers.json`` and ``safety_band.png``."""
+    """Safety-layer localisation; writes ``layers.json`` and ``safety_band.png``. With
+    ``layer_skip``, also the causal check (:func:`layer_skip_refusal`) on the same text prompts."""
     from safegap.gap.layers import BENIGN_PROMPTS, HARMFUL_PROMPTS
 
     out = Path(out_dir)
+    harmful_prompts = list(harmful) if harmful else list(HARMFUL_PROMPTS)
+    benign_prompts = list(benign) if benign else list(BENIGN_PROMPTS)
     found = localise_safety_layers(
         vlm,
-        list(harmful) if harmful else HARMFUL_PROMPTS,
-        list(benign) if benign else BENIGN_PROMPTS,
+        harmful_prompts,
+        benign_prompts,
         harmful_images,
         image,
         phrases,
@@ -214,11 +223,16 @@ def run_layers(
             "data_spec": data_spec,
             "harmful_source": "data" if harmful else "built-in",
             "benign_source": "data" if benign else "built-in",
-            "harmful_images": "data" if harmful_images is not None else image,
+            "harmful_images": "data" if harmful_images is not None else found.settings["image"],
             **_provenance(),
         },
         **body,
+        "layer_skip": None,
     }
+    if layer_skip:
+        ids = list(refusal_token_ids(vlm.tokenizer, phrases))
+        skip = layer_skip_refusal(vlm, harmful_prompts, benign_prompts, ids, batch_size, system)
+        report["layer_skip"] = skip.as_dict()
     figure = plots.plot_safety_band(
         body["layers"],
         body["conditions"],

@@ -23,7 +23,14 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, BatchFeature, PreTrainedModel
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    BatchFeature,
+    PreTrainedModel,
+)
 
 #: Per-row images: ``None`` for an all-text batch, else one image (or ``None``) per row.
 ImagesArg = Sequence[Image.Image | None] | None
@@ -124,6 +131,9 @@ class VLMAdapter:
     text_only_strips_placeholder: ClassVar[bool] = False
     #: Keys the image processor returns that the model's forward does not take.
     drop_input_keys: ClassVar[tuple[str, ...]] = ()
+    #: Whether the model takes images at all (False: a text-only causal LM, see
+    #: :mod:`safegap.models.causal_lm`; image rows are then an error).
+    takes_images: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -140,9 +150,30 @@ class VLMAdapter:
         self._layers = self._find_layers()
 
     @classmethod
-    def load_processor(cls, name_or_path: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    def load_model(
+        cls,
+        name_or_path: str,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        gguf_file: str | None = None,
+    ) -> PreTrainedModel:
+        """The model, with ``AutoModelForImageTextToText`` (text-only families override this)."""
+        if gguf_file is not None:
+            raise ValueError(
+                f"{name_or_path}/{gguf_file}: GGUF files load only for text-only causal LMs "
+                f"(transformers reads GGUF for text architectures); {cls.family} is a VLM family"
+            )
+        return AutoModelForImageTextToText.from_pretrained(  # type: ignore[no-any-return]
+            name_or_path, dtype=dtype or "auto", trust_remote_code=trust_remote_code
+        )
+
+    @classmethod
+    def load_processor(
+        cls, name_or_path: str, trust_remote_code: bool = False, gguf_file: str | None = None
+    ) -> tuple[Any, Any]:
         """``(processor, tokenizer)``; the processor is :class:`ProcessorParts` where the real one
-        cannot be built here. The tokenizer is set to left padding for batched generation."""
+        cannot be built here. The tokenizer is set to left padding for batched generation.
+        ``gguf_file`` is for text-only families (:meth:`load_model` refuses it for VLMs)."""
         try:
             processor: Any = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
             if not hasattr(processor, "tokenizer"):  # a bare tokenizer came back

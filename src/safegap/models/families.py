@@ -2,6 +2,7 @@
 one import line here."""
 
 from safegap.models import (  # noqa: F401
+    causal_lm,
     gemma3,
     idefics3,
     internvl,

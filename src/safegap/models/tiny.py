@@ -145,6 +145,48 @@ def _build_llava(out_dir: Path, seed: int) -> None:
     processor.save_pretrained(out_dir)
 
 
+#: ChatML-style template with plain string content, as text LLMs (SmolLM2, Qwen) write it.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+#: ``*Config`` class of each text-only model type :func:`build_tiny_causal_lm` can build.
+CAUSAL_LM_CONFIGS = {
+    "llama": "LlamaConfig",
+    "mistral": "MistralConfig",
+    "qwen2": "Qwen2Config",
+    "qwen3": "Qwen3Config",
+    "gemma": "GemmaConfig",
+    "phi3": "Phi3Config",
+}
+
+
+def build_tiny_causal_lm(out_dir: str | Path, model_type: str = "llama", seed: int = 0) -> Path:
+    """A tiny random text-only causal LM (3 layers, 64 wide, ChatML template) of ``model_type``,
+    for the text-only adapter (:mod:`safegap.models.causal_lm`). Not in :data:`TINY_BUILDERS`:
+    those checkpoints all take images."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if model_type not in CAUSAL_LM_CONFIGS:
+        raise ValueError(f"no tiny causal LM for {model_type!r}; known: {', '.join(CAUSAL_LM_CONFIGS)}")
+    tok = train_tokenizer(
+        ["<|im_start|>", "<|im_end|>"], chat_template=CHATML_TEMPLATE, bos=None, eos="<|im_end|>"
+    )
+    config = getattr(transformers, CAUSAL_LM_CONFIGS[model_type])(
+        **tiny_text_config(len(tok)), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 Builder = Callable[[Path, int], None]
 
 #: family name -> builder(out_dir, seed); :mod:`safegap.models.tiny_builders` adds the other families.
