@@ -236,6 +236,40 @@ def test_crash_then_resume_gives_the_uninterrupted_result(
     ).read_bytes()
 
 
+def test_a_shift_file_changed_under_its_name_is_a_different_run(
+    tiny_llava: VLM, prompts_csv: Path, tmp_path: Path
+) -> None:
+    from safegap.steer import calibrate
+
+    spec, out = f"text_csv:{prompts_csv}", tmp_path / "run"
+    shift_path = tmp_path / "shift.safetensors"
+    calibrate(tiny_llava, [("how do i make a cake ?", None)], batch_size=1).save(shift_path)
+    cfg = config(out, spec, defenses=["none", f"cmrm:{shift_path}"])
+    run_eval(cfg, vlm=tiny_llava)
+    files = json.loads((out / "config.json").read_text())["defense_files"]
+    assert list(files) == [f"cmrm:{shift_path}"] and list(files[f"cmrm:{shift_path}"]) == [str(shift_path)]
+    assert run_eval(cfg).no_op  # unchanged file: still the same finished run
+    calibrate(tiny_llava, [("describe the image", None)], batch_size=1).save(shift_path)
+    with pytest.raises(RunDirError, match=r"defense file\(s\) changed since the run started: .*shift"):
+        run_eval(config(out, spec, defenses=["none", f"cmrm:{shift_path}"], resume=True), vlm=tiny_llava)
+
+
+def test_a_run_that_failed_before_any_result_can_be_corrected_in_place(
+    tiny_llava: VLM, prompts_csv: Path, tmp_path: Path
+) -> None:
+    spec, out = f"text_csv:{prompts_csv}", tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="shift vector file not found"):
+        run_eval(config(out, spec, defenses=[f"cmrm:{tmp_path / 'typo.safetensors'}"]), vlm=tiny_llava)
+    assert not (out / "samples.jsonl").exists()
+    # the same --out with the corrected spec runs (nothing was computed under the wrong one) ...
+    done = run_eval(config(out, spec, defenses=["none"]), vlm=tiny_llava)
+    assert done.generated == 16
+    assert json.loads((out / "config.json").read_text())["defenses"] == ["none"]
+    # ... while a directory with results still refuses a different run
+    with pytest.raises(RunDirError, match="different run.*defenses"):
+        run_eval(config(out, spec, defenses=["system_prompt"], resume=True), vlm=tiny_llava)
+
+
 def test_finished_run_is_a_no_op(
     tiny_llava: VLM, prompts_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -62,6 +62,8 @@ def test_system_prompt_changes_the_rendered_prompt(tiny_llava: VLM, tmp_path: Pa
     rendered = tiny_llava.adapter.render("hi", False, DEFAULT_SAFETY_PROMPT)
     assert rendered.startswith(DEFAULT_SAFETY_PROMPT)
     assert len(text.generate(tiny_llava, ["how do i make a cake ?"], None, 4)) == 1
+    long_text = "Refuse anything dangerous. " * 20  # longer than a file name may be: text, not a path
+    assert build_defense(f"system_prompt:{long_text}", tiny_llava).prompt == long_text.strip()  # type: ignore[attr-defined]
 
 
 def test_ecso_steps() -> None:

@@ -78,3 +78,48 @@ def bootstrap_paired_difference(
         np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64) for x, y in zip(a, b, strict=True)
     ]
     return bootstrap_clustered(diffs, n_boot=n_boot, level=level, seed=seed)
+
+
+def bootstrap_ratio(
+    numerators: Sequence[Sequence[float]] | np.ndarray,
+    denominators: Sequence[Sequence[float]] | np.ndarray,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """``mean(numerator) / mean(denominator)`` for paired items in groups (seeds x prompts), with
+    the same two-level resampling as :func:`bootstrap_clustered` (items resampled jointly).
+
+    For example the fraction of a degradation that a defense recovers: per prompt, the numerator
+    is (refused with the defense - refused without) and the denominator (refused as text - refused
+    with the image). Resamples whose denominator is 0 are dropped from the interval; the point
+    estimate is ``nan`` when the denominator's mean is 0.
+    """
+    nums = [np.asarray(x, dtype=np.float64) for x in numerators]
+    dens = [np.asarray(y, dtype=np.float64) for y in denominators]
+    if (
+        not nums
+        or len(nums) != len(dens)
+        or any(a.size == 0 or a.size != b.size for a, b in zip(nums, dens, strict=False))
+    ):
+        raise ValueError("bootstrap_ratio needs non-empty groups of equal-length paired items")
+
+    def ratio(num: float, den: float) -> float:
+        return num / den if den != 0 else float("nan")
+
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    n = len(nums)
+    for b in range(n_boot):
+        num_means, den_means = [], []
+        for g in rng.integers(0, n, size=n):
+            idx = rng.integers(0, nums[g].size, nums[g].size)
+            num_means.append(nums[g][idx].mean())
+            den_means.append(dens[g][idx].mean())
+        stats[b] = ratio(float(np.mean(num_means)), float(np.mean(den_means)))
+    point = ratio(float(np.mean([a.mean() for a in nums])), float(np.mean([a.mean() for a in dens])))
+    finite = stats[np.isfinite(stats)]
+    if finite.size == 0:
+        return Estimate(point, float("nan"), float("nan"))
+    lo, hi = _interval(finite, level)
+    return Estimate(point, lo, hi)

@@ -54,12 +54,15 @@ def read_records(path: Path, repair: bool = False) -> list[Record]:
 class RecordWriter:
     """Appends batches of records to one JSONL file, each batch in a single write + fsync."""
 
-    def __init__(self, path: Path, repair: bool = True) -> None:
-        """``repair``: cut a torn last line first (only for a file this process alone writes)."""
+    def __init__(self, path: Path, repair: bool = True, sync: bool = True) -> None:
+        """``repair``: cut a torn last line first (only for a file this process alone writes).
+        ``sync``: ``fsync`` after each batch (results); off for logs, whose loss in a machine
+        crash costs nothing (a killed process loses nothing either way: the write is done)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         if repair:
             read_records(path, repair=True)
         self.path = path
+        self.sync = sync
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, records: Sequence[Record]) -> None:
@@ -69,7 +72,8 @@ class RecordWriter:
         written = os.write(self._fd, data)
         while written < len(data):  # regular files write everything at once; be safe anyway
             written += os.write(self._fd, data[written:])
-        os.fsync(self._fd)
+        if self.sync:
+            os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -83,16 +87,24 @@ class RecordWriter:
         self.close()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+def write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never half.
+    ``sync_dir=False`` leaves the directory's ``fsync`` to a following :func:`sync_dir` (one for
+    several files written together)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames and new files in ``folder`` durable."""
     try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
         return
     try:
@@ -101,7 +113,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any, sync_dir: bool = True) -> None:
     write_atomic(
-        path, (json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+        path,
+        (json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8"),
+        sync_dir=sync_dir,
     )

@@ -67,11 +67,18 @@ from safegap.eval.records import (
     RecordWriter,
     RunDirError,
     encode_records,
+    fsync_dir,
     read_records,
     write_atomic,
     write_json_atomic,
 )
-from safegap.eval.wrappers import build_defense, check_defense_names, configure_generation, defense_details
+from safegap.eval.wrappers import (
+    build_defense,
+    check_defense_names,
+    configure_generation,
+    defense_details,
+    defense_files,
+)
 from safegap.judge.base import JUDGES, Judge, JudgeInput, judge_safely, make_judge
 
 #: Settings that define a run's results; a resume must use the same values.
@@ -87,6 +94,10 @@ IDENTITY_FIELDS = (
     "temperature",
     "top_p",
 )
+
+
+#: Keys of ``config.json`` compared on resume.
+IDENTITY_KEYS = (*IDENTITY_FIELDS, "defense_files")
 
 
 class SampleError(ValueError):
@@ -120,8 +131,14 @@ class EvalConfig:
     n_boot: int = 2000
 
     def identity(self) -> dict[str, Any]:
+        """The defining arguments, plus the content hash of every file a defense spec names
+        (``defense_files``: a shift recalibrated under the same path is a different run)."""
         data = asdict(self)
-        return {k: data[k] for k in IDENTITY_FIELDS}
+        out = {k: data[k] for k in IDENTITY_FIELDS}
+        files = {spec: found for spec in self.defenses if (found := defense_files(spec))}
+        if files:
+            out["defense_files"] = files
+        return out
 
     def generation_kwargs(self) -> dict[str, Any]:
         if self.temperature <= 0:
@@ -174,6 +191,26 @@ class EvalResult:
     generated: int
     already_done: int
     no_op: bool = False
+
+
+def _describe_change(key: str, then: Any, now: Any) -> str:
+    if key == "defense_files" and isinstance(then, dict) and isinstance(now, dict):
+        changed = sorted(
+            path
+            for spec in {*then, *now}
+            for path in {*then.get(spec, {}), *now.get(spec, {})}
+            if then.get(spec, {}).get(path) != now.get(spec, {}).get(path)
+        )
+        if changed:
+            return f"defense file(s) changed since the run started: {', '.join(changed)}"
+    return f"{key}: {then!r} in the run, {now!r} now"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise RunDirError(f"{path}: corrupt ({exc})") from exc
 
 
 def record_key(record: Record) -> tuple[str, str, str, str]:
@@ -270,33 +307,48 @@ class Harness:
         paths = [self.samples_path, *sorted((self.out / "shards").glob("rank-*.jsonl"))]
         return [r for p in paths for r in read_records(p)]
 
-    def check_config(self) -> None:
+    def check_config(self, has_results: bool) -> None:
+        """A run directory with results must have been made with the same defining arguments.
+        One without results (a run that failed before its first batch, e.g. on a wrong shift
+        path) is taken over: its ``config.json`` is replaced by :meth:`write_config`."""
         path = self.out / "config.json"
         wanted = self.config.identity()
-        if path.exists():
+        if path.exists() and has_results:
             try:
                 found = json.loads(path.read_text(encoding="utf-8"))
             except ValueError as exc:
                 raise RunDirError(f"{path}: corrupt ({exc})") from exc
-            diff = [k for k in wanted if found.get(k) != wanted[k]]
+            diff = [k for k in {**found, **wanted} if k in IDENTITY_KEYS and found.get(k) != wanted.get(k)]
             if diff:
-                shown = "; ".join(f"{k}: {found.get(k)!r} in the run, {wanted[k]!r} now" for k in diff)
+                shown = "; ".join(_describe_change(k, found.get(k), wanted.get(k)) for k in diff)
                 raise RunDirError(f"{self.out} holds a different run ({shown}); use a new --out directory")
-        elif self.group.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, wanted)
 
-    def check_judges(self) -> None:
+    def judge_versions(self) -> list[dict[str, str]]:
+        return [{"id": j.id, "version": j.version} for j in self.judges]
+
+    def write_config(self) -> None:
+        """Record the run's defining arguments and judges (once the model, defenses and judges
+        loaded): the files that changed, then one directory ``fsync`` for both."""
+        if not self.group.is_main:
+            return
+        written = False
+        for path, wanted in (
+            (self.out / "judges.json", self.judge_versions()),
+            (self.out / "config.json", self.config.identity()),
+        ):
+            if not (path.exists() and _read_json(path) == wanted):
+                self.out.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(path, wanted, sync_dir=False)
+                written = True
+        if written:
+            fsync_dir(self.out)
+
+    def check_judges(self, has_results: bool) -> None:
         path = self.out / "judges.json"
-        ids = [{"id": j.id, "version": j.version} for j in self.judges]
-        if path.exists():
-            found = json.loads(path.read_text(encoding="utf-8"))
-            if found != ids:
-                raise RunDirError(
-                    f"{self.out}: judges changed since the run started ({found} then, {ids} now)"
-                )
-        elif self.group.is_main:
-            write_json_atomic(path, ids)
+        ids = self.judge_versions()
+        found = _read_json(path) if path.exists() else None
+        if found is not None and found != ids and has_results:
+            raise RunDirError(f"{self.out}: judges changed since the run started ({found} then, {ids} now)")
 
     def judge_ids(self, records: Sequence[Record]) -> list[str]:
         path = self.out / "judges.json"
@@ -474,7 +526,7 @@ class Harness:
                 writer.append(records)
                 generated += len(records)
                 progress.advance(task, len(records))
-        with RecordWriter(self.out / "events.jsonl", repair=False) as events:
+        with RecordWriter(self.out / "events.jsonl", repair=False, sync=False) as events:
             seconds = time.perf_counter() - start
             events.append(
                 [
@@ -524,8 +576,21 @@ class Harness:
         return summary
 
 
+def check_settings(config: EvalConfig) -> None:
+    """Numeric settings that would run but mean nothing (one-line errors naming the option)."""
+    if config.limit is not None and config.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {config.limit}")
+    if config.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
+    if config.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {config.temperature}")
+    if not 0 < config.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {config.top_p}")
+
+
 def prepare(config: EvalConfig) -> tuple[list[Benchmark], Plan]:
     """Load and validate benchmarks and names, and plan the work (no model needed)."""
+    check_settings(config)
     context = DataContext(
         resolve_data_dir(config.data_dir), resolve_benign_images(config.benign_images), config.model
     )
@@ -540,6 +605,8 @@ def prepare(config: EvalConfig) -> tuple[list[Benchmark], Plan]:
     if len({b.id for b in benchmarks}) != len(benchmarks):
         raise ValueError(f"a benchmark is listed twice: {', '.join(config.benchmarks)}")
     plan = make_plan(benchmarks, config.conditions, config.defenses, config.limit, config.batch_size)
+    if not plan.batches:
+        raise BenchmarkError(f"nothing to evaluate: {', '.join(config.benchmarks)} gave no samples")
     return benchmarks, plan
 
 
@@ -559,9 +626,9 @@ def run_eval(
             if item.sample.error:
                 raise SampleError(f"{item.describe()}: {item.sample.error}")
     planned = {it.key for it in plan.items}
-    harness.check_config()
     # Every process reads what is already done before any of them writes (the barrier).
     existing = {record_key(r) for r in harness.existing_records()}
+    harness.check_config(has_results=bool(existing))
     group.barrier()
     done = existing & planned
     out = harness.out
@@ -589,7 +656,8 @@ def run_eval(
             bench, _, cond = note.rpartition(":")
             console.print(f"note: benchmark {bench} does not offer condition {cond!r}; skipped")
     harness.load(vlm)
-    harness.check_judges()
+    harness.check_judges(has_results=bool(existing))
+    harness.write_config()
     generated = harness.execute(plan, done)
     group.barrier()
     summary = harness.finalize(plan) if group.is_main else None

@@ -21,6 +21,7 @@ system prompt, and ``ecso+cmrm:...`` runs all of ECSO's steps under CMRM. Any de
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -145,11 +146,21 @@ class ECSODefense:
         return answers
 
 
+def existing_file(text: str) -> Path | None:
+    """``text`` as a path if it names an existing file; prompt text that cannot be a path (too
+    long, a NUL byte) is simply not a file."""
+    try:
+        path = Path(text).expanduser()
+        return path if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _system_prompt_text(arg: str | None) -> str:
     if not arg:
         return DEFAULT_SAFETY_PROMPT
-    path = Path(arg).expanduser()
-    if len(arg) < 4096 and path.is_file():
+    path = existing_file(arg)
+    if path is not None:
         text = path.read_text(encoding="utf-8").strip()
         if not text:
             raise ValueError(f"defense system_prompt: file {path} is empty")
@@ -197,6 +208,22 @@ def _parse_part(part: str) -> DefenseSpec:
     if name.strip() == "system_prompt":
         return DefenseSpec("system_prompt", rest if colon and rest.strip() else None)
     return parse_defense_spec(part)
+
+
+def defense_files(spec: str) -> dict[str, str]:
+    """``{path: sha256}`` of every existing file a (composite) defense spec names as its argument
+    (a CMRM shift, a system-prompt file), so a run can tell when a file changed under its name."""
+    out: dict[str, str] = {}
+    for part in split_composite(spec.strip()):
+        try:
+            arg = _parse_part(part).arg
+        except ValueError:
+            continue
+        name = (arg or "").strip()
+        path = existing_file(name) if name else None
+        if path is not None:
+            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 def build_defense(spec: str, vlm: VLM) -> Defense:

@@ -28,17 +28,34 @@ METRIC_COLUMNS = (
     ("over_refusal", "over-refusal"),
 )
 
+#: Sample browser columns and their share of the table width (percent).
+SAMPLE_COLUMNS = (
+    ("benchmark", 9),
+    ("sample", 6),
+    ("category", 9),
+    ("condition", 8),
+    ("defense", 10),
+    ("prompt", 18),
+    ("image", 8),
+    ("generation", 18),
+    ("verdicts", 9),
+    ("error", 5),
+)
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1300px;
  padding:0 1em;color:#1d2430}
 h1{font-size:1.5em}h2{margin-top:1.8em;border-bottom:2px solid #dde3ea;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.86em}
+table.run td{overflow-wrap:anywhere;max-width:60em}
 th,td{border:1px solid #d3dae3;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#eef2f7}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .ci{color:#6b7685;font-size:.85em}nav a{margin-right:1em}
 img.plot{max-width:100%;border:1px solid #e4e8ee;margin:.5em 0}
-#sample-table td.gen,#sample-table td.prompt{white-space:pre-wrap;max-width:34em;font-family:ui-monospace,monospace;
- font-size:.95em}
+#sample-table{table-layout:fixed;width:100%}
+#sample-table td,#sample-table th{overflow-wrap:anywhere}
+#sample-table td.gen,#sample-table td.prompt{white-space:pre-wrap;overflow-wrap:break-word;
+ font-family:ui-monospace,monospace;font-size:.95em}
 tr.errored{background:#fff1f0}.filters{display:flex;gap:.6em;flex-wrap:wrap;margin:.5em 0}
 .muted{color:#6b7685}#js-errors{color:#b00020;font-weight:bold}
 """
@@ -186,7 +203,7 @@ def alpha_sections(metrics: Sequence[Row]) -> list[str]:
         if len({a for a, _ in points}) < 2:
             continue
         data = [(a, r["condition"], m, r.get(m)) for a, r in points for m in ("unsafe_rate", "over_refusal")]
-        png = plots.alpha_sweep(data, f"{bench}: {base} ({judge})")
+        png = plots.alpha_sweep(data, f"{bench}: {plots.display_spec(base)} ({judge})")
         if png:
             rows = [
                 [
@@ -254,24 +271,13 @@ def samples_section(records: Sequence[Row], max_samples: int) -> str:
         f'<select id="f-def"><option value="">all defenses</option>{options["def"]}</select>'
         '<label><input id="f-errors" type="checkbox"> errors only</label><span id="f-count" class="muted"></span></div>'
     )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in (
-            "benchmark",
-            "sample",
-            "category",
-            "condition",
-            "defense",
-            "prompt",
-            "image",
-            "generation",
-            "verdicts",
-            "error",
-        )
-    )
+    head = "".join(f"<th>{h}</th>" for h, _ in SAMPLE_COLUMNS)
+    # Fixed layout with set widths: ids without spaces (paths in defense specs, image references)
+    # wrap inside their column instead of pushing the table past the page.
+    cols = "".join(f'<col style="width:{w}%">' for _, w in SAMPLE_COLUMNS)
     return (
-        f'<section id="samples"><h2>Samples</h2>{note}{filters}<table id="sample-table"><thead><tr>{head}'
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+        f'<section id="samples"><h2>Samples</h2>{note}{filters}<table id="sample-table"><colgroup>{cols}'
+        f"</colgroup><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
 
 
@@ -297,14 +303,17 @@ def build_report(run_dir: Path, summary: Row, records: Sequence[Row], max_sample
         ]
         for judge in dict.fromkeys(r["judge"] for r in rows):
             judged = [r for r in rows if r["judge"] == judge]
-            metric = "unsafe_rate" if any(r.get("unsafe_rate") for r in judged) else "refusal_rate"
-            png = plots.category_bars(
-                judged, metric, f"{bench}: {metric.replace('_', ' ')} by category ({judge})"
-            )
-            if png:
-                section.append(
-                    f'<img class="plot" alt="{e(metric)} by category" src="data:image/png;base64,{png}">'
+            # Harmful categories show the unsafe rate, benign ones the over-refusal; a benchmark
+            # with neither verdict (a judge that only reports refusals) shows the refusal rate.
+            wanted = [m for m in ("unsafe_rate", "over_refusal") if any(r.get(m) for r in judged)]
+            for metric in wanted or ["refusal_rate"]:
+                png = plots.category_bars(
+                    judged, metric, f"{bench}: {plots.METRIC_LABELS[metric]} by category ({judge})"
                 )
+                if png:
+                    section.append(
+                        f'<img class="plot" alt="{e(metric)} by category" src="data:image/png;base64,{png}">'
+                    )
         cats = [r for r in rows if r["category"] != "all"]
         if cats:
             section.append(
@@ -339,12 +348,15 @@ def build_report(run_dir: Path, summary: Row, records: Sequence[Row], max_sample
         diffs = [
             d for d in summary.get("differences", []) if d["benchmark"] == bench and d["category"] == "all"
         ]
-        if diffs:
-            opened = " open" if len(diffs) <= 12 else ""
+        for compare, label in (("defense", "defenses vs"), ("condition", "conditions vs")):
+            chosen = [d for d in diffs if d["compare"] == compare]
+            if not chosen:
+                continue
+            baseline = chosen[0]["baseline"]
+            opened = " open" if len(chosen) <= 12 else ""
             section.append(
-                f"<details{opened}><summary>Paired differences ({len(diffs)} rows, category all)</summary>"
-                + differences_table(diffs)
-                + "</details>"
+                f"<details{opened}><summary>Paired differences, {label} {e(baseline)} "
+                f"({len(chosen)} rows, category all)</summary>" + differences_table(chosen) + "</details>"
             )
         section.append("</section>")
         parts.append("".join(section))

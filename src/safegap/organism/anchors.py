@@ -1,0 +1,89 @@
+"""CMRM calibration anchors from the organism's world: ``organism:calibration`` in
+``safegap calibrate --anchors`` (see :mod:`safegap.steer.anchors`).
+
+The anchors are the world's *calibration* split (topics and phrasings disjoint from training and
+from the eval split that ``safegap eval --bench organism`` uses), as
+:func:`safegap.organism.study.calibration_data` gives it: harmful and benign requests, each
+paired with one of the organism's benign scene images (the "original" image calibration compares
+against; the corrupted image is CMRM's blank or noise image of the same 64 px size). Harmful and
+benign requests alternate, so ``--limit N`` keeps both kinds.
+
+Spec: ``organism:calibration[,world_seed=S][,n=N][,kind=K]``: ``world_seed`` (default 0, the
+world every model seed is trained and evaluated on), ``n`` (at most N harmful and N benign
+requests; default 48) and ``kind`` (``all``, the default, or ``harmful`` / ``benign`` alone: the
+labelled sets ``safegap calibrate --tune-harmful/--tune-benign`` choose alpha on).
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+DEFAULT_N = 48
+KINDS = ("all", "harmful", "benign")
+USAGE = "use organism:calibration[,world_seed=S][,n=N][,kind=all|harmful|benign]"
+
+
+def parse_anchor_kind(arg: str) -> tuple[str, str]:
+    """Split ``kind=K`` off the spec: ``("calibration,n=8", "harmful")``."""
+    kind, rest = "all", []
+    for part in (p.strip() for p in arg.split(",")):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == "kind":
+            kind = value.strip()
+            if kind not in KINDS:
+                raise ValueError(f"organism anchors {arg!r}: kind={kind!r}; {USAGE}")
+        elif part:
+            rest.append(part)
+    return ",".join(rest), kind
+
+
+def parse_anchor_arg(arg: str) -> tuple[str, int, int]:
+    """``"calibration,world_seed=1,n=8"`` -> ``("calibration", 1, 8)`` (one-line errors)."""
+    parts = [p.strip() for p in arg.split(",") if p.strip()]
+    split = "calibration"
+    if parts and "=" not in parts[0]:
+        split = parts.pop(0)
+    values = {"world_seed": 0, "n": DEFAULT_N}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in values:
+            raise ValueError(f"organism anchors {arg!r}: unknown option {part!r}; {USAGE}")
+        try:
+            values[key] = int(value)
+        except ValueError:
+            raise ValueError(f"organism anchors {arg!r}: {key}={value.strip()!r} is not an integer") from None
+    if values["n"] < 1:
+        raise ValueError(f"organism anchors {arg!r}: n must be at least 1")
+    return split, values["world_seed"], values["n"]
+
+
+def calibration_anchors(split: str = "calibration") -> list[tuple[str, Image.Image | None]]:
+    """``(request, scene image)`` anchors of the world's calibration split, harmful and benign
+    alternating. ``split`` is the text after ``organism:`` (options in the module docstring).
+
+    Only the calibration split is accepted: anchors from ``train`` would calibrate on what the
+    organism was aligned on, and anchors from ``eval`` on the requests it is evaluated on."""
+    from safegap.organism.study import calibration_data
+    from safegap.organism.world import World
+
+    spec, kind = parse_anchor_kind(split)
+    name, world_seed, n = parse_anchor_arg(spec)
+    if name != "calibration":
+        raise ValueError(
+            f"organism anchors: split {name!r} is not allowed; only 'calibration' is disjoint from the "
+            "organism's training and evaluation requests (use organism:calibration)"
+        )
+    data = calibration_data(World(seed=world_seed), n=n)
+    images = [img.convert("RGB") for img in data.images]
+    if not images:
+        raise ValueError("organism anchors: the calibration split has no images")
+    anchors: list[tuple[str, Image.Image | None]] = []
+    for i in range(max(len(data.harmful), len(data.benign))):
+        if i < len(data.harmful) and kind != "benign":
+            anchors.append((data.harmful[i], images[i % len(images)]))
+        if i < len(data.benign) and kind != "harmful":
+            anchors.append((data.benign[i], images[(len(images) - 1 - i) % len(images)]))
+    if not anchors:
+        raise ValueError(f"organism anchors: world seed {world_seed} has no calibration requests")
+    return anchors
