@@ -8,8 +8,9 @@ image each, 2-12 words of text (so rows are left-padded). Greedy, exactly 32 new
 Lines printed (one JSON object each):
 
 * ``cmrm_dataset_overhead``: dataset-level steered ``generate`` (hooks attached and removed around
-  every call) / unsteered; median over interleaved rounds of the per-round ratio, order alternating.
-  Target <= 1.02.
+  every call, the default ``positions``) / unsteered; median over interleaved rounds of the
+  per-round ratio, order alternating. Target <= 1.02. ``last_plus_decode_ratio``: the same with
+  the hooks also correcting every decode step (``positions="last+decode"``).
 * ``cmrm_sample_overhead``: sample-level CMRM end to end (inputs built inside every arm) /
   unsteered, for the default layout; every layout's ratio is reported beside it. Target <= 1.5.
 * ``cmrm_calibration_throughput``: anchors per second of ``calibrate(batch_size=8)`` (shared
@@ -41,6 +42,7 @@ from safegap.models import VLM, load_vlm  # noqa: E402
 from safegap.models.generation import generate_ids  # noqa: E402
 from safegap.models.tiny import LLAVA_TEMPLATE, train_tokenizer  # noqa: E402
 from safegap.steer import calibrate, sample_level_ids  # noqa: E402
+from safegap.steer.intervene import DEFAULT_POSITIONS  # noqa: E402
 from safegap.steer.sample import DEFAULT_LAYOUT, LAYOUTS, Layout  # noqa: E402
 
 WORDS = [
@@ -171,13 +173,23 @@ def bench_dataset(vlm: VLM, rounds: int) -> dict[str, Any]:
     shift = calibrate(vlm, list(zip(*prompts(8, seed=2), strict=True)), diagnostics=False)
     base = generate_ids(vlm, inputs, 32, min_new_tokens=32)
 
-    def steered() -> torch.Tensor:
-        with shift.apply(vlm, alpha=1.0):
-            return generate_ids(vlm, inputs, 32, min_new_tokens=32)
+    def steered(positions: str) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with shift.apply(vlm, alpha=1.0, positions=positions):
+                return generate_ids(vlm, inputs, 32, min_new_tokens=32)
 
-    assert not torch.equal(steered(), base), "the shift should change the output"
+        return run
+
+    assert not torch.equal(steered(DEFAULT_POSITIONS)(), base), "the shift should change the output"
     res = paired(
-        {"none": lambda: generate_ids(vlm, inputs, 32, min_new_tokens=32), "steered": steered}, "none", rounds
+        {
+            "none": lambda: generate_ids(vlm, inputs, 32, min_new_tokens=32),
+            "steered": steered(DEFAULT_POSITIONS),
+            # the policy that runs the hooks on every decode step as well (the old default)
+            "every_step": steered("last+decode"),
+        },
+        "none",
+        rounds,
     )
     # attach + detach alone
     start = time.perf_counter()
@@ -195,7 +207,8 @@ def bench_dataset(vlm: VLM, rounds: int) -> dict[str, Any]:
         "unsteered_wall_s": round(res["none"]["wall_s"], 4),
         "steered_wall_s": round(res["steered"]["wall_s"], 4),
         "attach_detach_ms": round(attach_ms, 4),
-        "positions": "last+decode",
+        "positions": DEFAULT_POSITIONS,
+        "last_plus_decode_ratio": round(res["every_step"]["cpu_ratio"], 4),
         "layers": vlm.adapter.num_layers,
         "batch": 8,
         "new_tokens": 32,

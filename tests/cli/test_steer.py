@@ -158,3 +158,26 @@ def test_generate_errors(model_dir: Path, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 2 and "either --shift or --sample-level" in result.output
+
+
+def test_calibrate_tunes_alpha_and_the_defense_applies_it(
+    model_dir: Path, anchors: Path, tmp_path: Path
+) -> None:
+    from safegap.eval.defenses import make_defense
+    from safegap.models import load_vlm
+
+    out = tmp_path / "tuned.safetensors"
+    args = ["calibrate", "--model", str(model_dir), "--anchors", str(anchors), "--out", str(out)]
+    tune = ["--tune-harmful", str(anchors), "--tune-benign", str(anchors), "--batch-size", "3"]
+    result = runner.invoke(app, [*args, *tune])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    shift = ShiftVector.load(out)
+    assert shift.tuning is not None and summary["alpha"] == shift.tuning["alpha"]
+    assert shift.tuning["form"] in ("full", "increments") and len(shift.tuning["sweeps"]["full"]) == 16
+    vlm = load_vlm(model_dir)
+    tuned = make_defense(f"cmrm:{out}", vlm)
+    assert tuned.alpha == shift.tuning["alpha"] and "tuned" in tuned.id  # type: ignore[attr-defined]
+    assert make_defense(f"cmrm:{out},alpha=0.3", vlm).alpha == 0.3  # type: ignore[attr-defined]
+    half = runner.invoke(app, [*args, "--tune-harmful", str(anchors)])
+    assert half.exit_code != 0 and "--tune-benign" in half.output

@@ -65,3 +65,34 @@ def test_aggregate_schema_and_values() -> None:
     assert "final" in study["stages"]
     md = markdown(study)
     assert "| text | 1.00 [1.00, 1.00]" in md and "text_minus_benign_image" in md
+
+
+def test_defense_effects_are_paired_against_the_same_variant() -> None:
+    options = StudyOptions(seeds=[0, 1], n_prompts=20, cache_dir=None, defenses=["none", "cmrm"])
+    outcomes = {}
+    for seed in (0, 1):
+        outcomes[("plain", "none", seed)] = _outcomes(1.0, 0.2)
+        defended = _outcomes(1.0, 0.8)
+        # the defense also refuses 2 of 20 benign prompts with an image
+        for o in defended[:]:
+            if o.prompt.kind == "benign" and o.prompt.condition != "text" and o.prompt.id in ("b0", "b1"):
+                defended[defended.index(o)] = Outcome(o.prompt, "no", True)
+        outcomes[("plain", "cmrm", seed)] = defended
+    study = aggregate(options, outcomes, {}, {}, [])
+    effect = study["defense_effects"]["plain"]["cmrm"]["benign_image"]
+    assert effect["recovery"]["mean"] == pytest.approx(0.75)  # (0.8 - 0.2) / (1.0 - 0.2)
+    assert effect["harmful_refusal_gain"]["mean"] == pytest.approx(0.6)
+    assert effect["benign_refusal_rise"]["mean"] == pytest.approx(0.1)
+    assert "none" not in study["defense_effects"]["plain"]
+    assert "| plain | cmrm | benign_image | 0.75" in markdown(study)
+
+
+def test_variant_effects_compare_against_plain_with_the_same_defense() -> None:
+    options = StudyOptions(seeds=[0], n_prompts=20, cache_dir=None, variants=["plain", "regap"])
+    outcomes = {("plain", "none", 0): _outcomes(1.0, 0.2), ("regap", "none", 0): _outcomes(1.0, 0.5)}
+    study = aggregate(options, outcomes, {}, {}, [])
+    effect = study["variant_effects"]["regap"]["none"]
+    assert set(effect) >= {"benign_image", "harm_object_image", "typographic_image"}
+    assert effect["benign_image"]["harmful_refusal_gain"]["mean"] == pytest.approx(0.3)
+    assert "plain" not in study["variant_effects"]
+    assert "| regap | none | benign_image | 0.30" in markdown(study)

@@ -80,11 +80,8 @@ def test_registered_sources_and_the_organism_extension_point() -> None:
         assert load_anchors("unit:calibration") == [("calibration prompt", None)]
     finally:
         ANCHOR_SOURCES.pop("unit")
-    import safegap.organism as organism
-
-    if not hasattr(organism, "calibration_anchors"):
-        with pytest.raises(ValueError, match="calibration_anchors"):
-            load_anchors("organism:calibration")
+    organism = load_anchors("organism:calibration,n=2")  # the organism's calibration split
+    assert len(organism) == 4 and all(img is not None for _, img in organism)
 
 
 def test_hash_depends_on_text_and_pixels_only() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from safegap.cli.common import console, user_errors
-from safegap.cli.organism import progress_bar, results_table, set_threads
+from safegap.cli.organism import check_run_options, progress_bar, results_table, set_threads
 
 
 @dataclass
@@ -28,6 +28,21 @@ class DemoContext:
     scale: float = 1.0
     #: What steps leave for later steps (e.g. "organism_path", "study").
     state: dict[str, Any] = field(default_factory=dict)
+
+    def organism_path(self, step: str) -> Path:
+        """The organism the degradation step built (or, when ``step`` runs alone, the cached one)."""
+        if self.state.get("organism_path"):
+            return Path(self.state["organism_path"])
+        from safegap.organism.config import OrganismConfig
+        from safegap.organism.study import organism_dir
+
+        config = OrganismConfig() if self.scale == 1.0 else OrganismConfig().scaled(self.scale)
+        path = organism_dir(self.cache_dir, self.out / "degradation", "plain", self.seed, config)
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"no organism at {path}: run the demo's degradation step first (--steps degradation,{step})"
+            )
+        return path
 
 
 @dataclass(frozen=True)
@@ -61,9 +76,53 @@ def step_degradation(ctx: DemoContext) -> None:
         )
 
 
+def step_gap(ctx: DemoContext) -> None:
+    """MIR of image tokens vs the same-length text filler and the safety band, on the organism
+    after stage 2 (``safegap.cli.demo_gap``)."""
+    from safegap.cli.demo_gap import run_gap_step
+
+    run_gap_step(ctx)
+
+
+def step_cmrm(ctx: DemoContext) -> None:
+    """Calibrate CMRM on the organism's calibration split, evaluate it before and after
+    (``safegap eval``), and write the HTML report (``safegap.cli.demo_cmrm``)."""
+    from safegap.cli.demo_cmrm import run_cmrm_report
+
+    run_cmrm_report(ctx)
+
+
+def step_train(ctx: DemoContext) -> None:
+    """Train a ReGap and a TGA organism for the seed and show them beside the plain one."""
+    from safegap.cli.organism import variants_table
+    from safegap.organism.config import OrganismConfig
+    from safegap.organism.study import StudyOptions, run_study
+
+    config = OrganismConfig() if ctx.scale == 1.0 else OrganismConfig().scaled(ctx.scale)
+    options = StudyOptions(
+        seeds=[ctx.seed],
+        variants=["plain", "regap", "tga"],
+        n_prompts=ctx.n_prompts,
+        cache_dir=ctx.cache_dir,
+        n_real=0,
+        stage_snapshots=False,
+        config=config,
+    )
+    with progress_bar("training variants") as update:
+        study = run_study(options, ctx.out / "train", update)
+    console.print(variants_table(study))
+
+
+#: Steps that run only when asked for (``--train``, or by name in ``--steps``).
+OPTIONAL_STEPS: list[DemoStep] = [
+    DemoStep("train", "ReGap and TGA organisms beside the plain one", step_train),
+]
+
 #: The demo's steps, in order. Append to extend the demo.
 DEMO_STEPS: list[DemoStep] = [
     DemoStep("degradation", "safety degradation of the model organism", step_degradation),
+    DemoStep("gap", "modality gap and safety band after stage 2", step_gap),
+    DemoStep("cmrm", "the organism before and after CMRM: evaluation and report", step_cmrm),
 ]
 
 
@@ -76,22 +135,24 @@ def demo(
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     scale: float = typer.Option(1.0, help="Multiply the organism's training steps (quick smoke runs)."),
     n_prompts: int = typer.Option(64, help="Held-out prompts per set and condition."),
+    train: bool = typer.Option(
+        False, "--train", help="Also train a ReGap and a TGA organism and show the three side by side."
+    ),
 ) -> None:
     """Run the demo: build the organism, show how images break its refusals, and what helps."""
     from safegap.organism.build import default_cache_dir
 
     with user_errors():
         set_threads(threads)
-        known = {s.name: s for s in DEMO_STEPS}
-        chosen = [s.strip() for s in steps.split(",")] if steps else list(known)
+        known = {s.name: s for s in [*DEMO_STEPS, *OPTIONAL_STEPS]}
+        chosen = [s.strip() for s in steps.split(",")] if steps else [s.name for s in DEMO_STEPS]
+        if train and "train" not in chosen:
+            chosen.append("train")
         for name in chosen:
             if name not in known:
                 raise ValueError(f"unknown demo step {name!r}; known: {', '.join(known)}")
+        check_run_options(n_prompts, scale)
         out.mkdir(parents=True, exist_ok=True)
-        if scale <= 0 or n_prompts < 1:
-            raise ValueError(
-                f"--scale must be positive and --n-prompts at least 1 (got {scale}, {n_prompts})"
-            )
         ctx = DemoContext(
             out=out,
             seed=seed,
@@ -103,7 +164,12 @@ def demo(
             step = known[name]
             console.rule(f"[{k}/{len(chosen)}] {step.title}")
             step.run(ctx)
-        summary = {"steps": chosen, "seed": seed, "organism_path": ctx.state.get("organism_path")}
+        summary = {
+            "steps": chosen,
+            "seed": seed,
+            "organism_path": ctx.state.get("organism_path"),
+            "cmrm_report": ctx.state.get("cmrm_report"),
+        }
         (out / "demo.json").write_text(json.dumps(summary, indent=1))
     console.print(f"demo results in {out}")
 

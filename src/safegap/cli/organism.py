@@ -51,6 +51,14 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def check_run_options(n_prompts: int, scale: float) -> None:
+    """One-line errors for the options every organism run takes."""
+    if n_prompts < 1:
+        raise ValueError(f"--n-prompts must be at least 1, got {n_prompts}")
+    if scale <= 0:
+        raise ValueError(f"--scale must be positive, got {scale}")
+
+
 def _compact(est: dict[str, Any] | None) -> str:
     if not est or est.get("mean") is None:
         return "-"
@@ -74,6 +82,45 @@ def results_table(study: dict[str, Any], variant: str = "plain", defense: str = 
     table.caption = (
         "harmful: should be refused; benign / lookalike (benign but harmful-looking): should be answered"
     )
+    return table
+
+
+def variants_table(study: dict[str, Any], defense: str = "none") -> Table:
+    """Harmful refusal per condition, one column per training variant; then the worst benign
+    refusal and what each variant changed inside the model (MIR term at ReGap's layer, the
+    image/caption cosine at the last layer)."""
+    variants = list(study["results"])
+    table = Table(title=f"harmful refusal by training variant ({defense}), seeds {study['seeds']}")
+    table.add_column("condition", no_wrap=True)
+    for variant in variants:
+        table.add_column(variant, no_wrap=True)
+    for condition in study["conditions"]:
+        cells = [
+            _compact(study["results"][v].get(defense, {}).get(condition, {}).get("harmful_refusal"))
+            for v in variants
+        ]
+        table.add_row(condition, *cells)
+
+    def worst_benign(variant: str) -> str:
+        means = [
+            e.get("benign_refusal", {}).get("mean")
+            for e in study["results"][variant].get(defense, {}).values()
+        ]
+        known = [m for m in means if m is not None]
+        return f"{max(known):.2f}" if known else "-"
+
+    table.add_row("worst benign", *[worst_benign(v) for v in variants])
+    gap = study.get("gap", {})
+    if gap:
+        layer = next(iter(gap.values()))["layer"]
+        table.add_row(f"MIR term L{layer}", *[_compact(gap.get(v, {}).get("mir_layer")) for v in variants])
+        table.add_row(
+            "img/caption cos",
+            *[
+                _compact((gap.get(v, {}).get("semantic_shift", {}).get("matched") or [None])[-1])
+                for v in variants
+            ],
+        )
     return table
 
 
@@ -143,10 +190,7 @@ def study(
     )
 
     with user_errors():
-        if n_prompts < 1:
-            raise ValueError(f"--n-prompts must be at least 1, got {n_prompts}")
-        if scale <= 0:
-            raise ValueError(f"--scale must be positive, got {scale}")
+        check_run_options(n_prompts, scale)
         set_threads(threads)
         options = StudyOptions(
             seeds=parse_seeds(seeds),
@@ -166,7 +210,71 @@ def study(
     console.print(f"wrote {out / 'study.json'} and {out / 'study.md'}")
 
 
+def diagnostics_table(result: dict[str, Any], stage: str = "after_stage2") -> Table:
+    """MIR per gap condition, image minus filler, and the safety band of one stage (seed means)."""
+    agg = result["aggregate"][stage]
+    table = Table(title=f"organism diagnostics, {stage}, seeds {result['seeds']}: mean [95% t-interval]")
+    for column in ("condition", "MIR", "MIR - text filler", "seeds > filler"):
+        table.add_column(column, no_wrap=True)
+    for condition, entry in agg["gap"].items():
+        diff = agg["mir_minus_filler"].get(condition)
+        table.add_row(
+            condition,
+            _compact(entry["mir"]),
+            _compact(diff) if diff else "-",
+            f"{diff['seeds_positive']}/{diff['n']}" if diff else "-",
+        )
+    bands = ", ".join("none" if b is None else f"{b[0]}-{b[-1]}" for b in agg["safety_band"]["per_seed"])
+    table.caption = f"safety band (logit lens, harmful text) per seed: {bands}"
+    return table
+
+
+def diagnose(
+    out: Path = typer.Option(..., "--out", help="Output directory (diagnose.json, diagnose.md, figures)."),
+    seeds: str = typer.Option("0,1,2,3,4", help="Comma list or range, e.g. 0,1,2 or 0-4."),
+    stages: str = typer.Option(
+        "after_stage1,after_stage2,final",
+        help="Comma list of checkpoints: after_stage1, after_stage2, final.",
+    ),
+    n_prompts: int = typer.Option(64, help="Held-out harmful and benign requests each."),
+    layer_skip: bool = typer.Option(True, help="Also skip each layer in turn and re-read the refusal."),
+    cache_dir: Path | None = typer.Option(
+        None, help="Where the organisms are cached (default ~/.cache/safegap/organism)."
+    ),
+    no_build: bool = typer.Option(
+        False, "--no-build", help="Fail on a missing organism instead of building it."
+    ),
+    scale: float = typer.Option(1.0, help="Organisms of this step scale (as built with --scale)."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+) -> None:
+    """Modality gap (image vs same-length text filler) and safety band of the organism, per seed and
+    stage, with seed-level intervals (missing organisms are built as `organism study` builds them)."""
+    from safegap.organism.build import default_cache_dir
+    from safegap.organism.config import OrganismConfig
+    from safegap.organism.diagnostics import DiagnoseOptions, diagnose_organisms
+    from safegap.organism.study import parse_seeds
+
+    with user_errors():
+        check_run_options(n_prompts, scale)
+        set_threads(threads)
+        options = DiagnoseOptions(
+            seeds=parse_seeds(seeds),
+            stages=[s.strip() for s in stages.split(",") if s.strip()],
+            n_prompts=n_prompts,
+            layer_skip=layer_skip,
+            config=OrganismConfig().scaled(scale) if scale != 1.0 else OrganismConfig(),
+            cache_dir=cache_dir or default_cache_dir(),
+            build_missing=not no_build,
+        )
+        with progress_bar("organism diagnostics") as update:
+            result = diagnose_organisms(options, out, update)
+    for stage in result["stages"]:
+        console.print(diagnostics_table(result, stage))
+    console.print(f"wrote {out / 'diagnose.json'} and {out / 'diagnose.md'}")
+
+
 def register(app: typer.Typer) -> None:
     organism_app.command("build")(build)
     organism_app.command("study")(study)
+    organism_app.command("diagnose")(diagnose)
     app.add_typer(organism_app, name="organism")

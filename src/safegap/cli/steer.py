@@ -45,12 +45,27 @@ def calibrate_cmd(
         None, "--dtype", help="float32, bfloat16, float16 (default: checkpoint's)."
     ),
     device: str | None = typer.Option(None, "--device"),
+    tune_harmful: str | None = typer.Option(
+        None,
+        "--tune-harmful",
+        help="Harmful prompts with images (an anchor spec) to choose alpha on; needs --tune-benign.",
+    ),
+    tune_benign: str | None = typer.Option(
+        None, "--tune-benign", help="Benign prompts with images (an anchor spec) to choose alpha on."
+    ),
+    max_over_refusal_rise: float = typer.Option(
+        0.05, "--max-over-refusal-rise", min=0.0, help="Tuning: over-refusal allowed above alpha 0's."
+    ),
 ) -> None:
-    """Estimate a dataset-level CMRM shift (text-only minus corrupted image) and save it."""
+    """Estimate a dataset-level CMRM shift (text-only minus corrupted image) and save it.
+
+    With --tune-harmful/--tune-benign, alpha and the vector's form are chosen on those prompts
+    (the lowest unsafe rate whose over-refusal stays within --max-over-refusal-rise of alpha 0's)
+    and stored in the file, so `--defense cmrm:FILE` applies the vector as tuned."""
     from safegap.models import load_vlm
     from safegap.steer.anchors import load_anchors
     from safegap.steer.calibrate import ESTIMATORS, calibrate, check_position
-    from safegap.steer.defenses import parse_layers
+    from safegap.steer.defenses import parse_layers, tune_cmrm
 
     with user_errors():
         if corrupt not in ("blank", "noise"):
@@ -61,7 +76,17 @@ def calibrate_cmd(
         layer_spec = parse_layers(layers)
         if out.suffix != ".safetensors":
             raise ValueError(f"--out {out}: the file name must end in .safetensors")
+        if (tune_harmful is None) != (tune_benign is None):
+            raise ValueError("give both --tune-harmful and --tune-benign, or neither")
         items = load_anchors(anchors, text_column, image_column, limit)
+        tuning_sets = (
+            (
+                load_anchors(tune_harmful, text_column, image_column),
+                load_anchors(tune_benign, text_column, image_column),
+            )
+            if tune_harmful is not None and tune_benign is not None
+            else None
+        )
         vlm = load_vlm(model, dtype=dtype, device=device, layers_path=layers_path)
         shift = calibrate(
             vlm,
@@ -76,6 +101,11 @@ def calibrate_cmd(
             diagnostics=diagnostics,
             source=anchors,
         )
+        if tuning_sets is not None:
+            tuning = tune_cmrm(
+                vlm, shift, *tuning_sets, max_over_refusal_rise=max_over_refusal_rise, batch_size=batch_size
+            )
+            shift.tuning = {**tuning.as_dict(), "harmful": tune_harmful, "benign": tune_benign}
         shift.save(out)
     norms = shift.norms()
     summary = {
@@ -87,6 +117,7 @@ def calibrate_cmd(
         "position": position,
         "norm_min": min(norms.values()),
         "norm_max": max(norms.values()),
+        **({"alpha": shift.tuning["alpha"], "form": shift.tuning["form"]} if shift.tuning else {}),
     }
     typer.echo(json.dumps(summary))
 
@@ -98,7 +129,9 @@ def generate_cmd(
     shift: Path | None = typer.Option(None, "--shift", help="A shift saved by `safegap calibrate`."),
     sample_level: bool = typer.Option(False, "--sample-level", help="Sample-level CMRM (no --shift)."),
     alpha: float = typer.Option(1.0, "--alpha"),
-    positions: str = typer.Option("last+decode", "--positions", help="last+decode, last, prefill or all."),
+    positions: str = typer.Option(
+        "last", "--positions", help="last (default, as the library), last+decode, prefill or all."
+    ),
     corrupt: str = typer.Option("blank", "--corrupt", help="Sample-level: blank or noise."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     system: str | None = typer.Option(None, "--system"),

@@ -22,7 +22,12 @@ _EXPORTS = {
     "ORGANISM_DEFENSES": "safegap.organism.study",
     "CalibrationData": "safegap.organism.study",
     "calibration_data": "safegap.organism.study",
+    "calibration_anchors": "safegap.organism.anchors",
     "CONDITIONS": "safegap.organism.evaluate",
+    "gap_records": "safegap.organism.diagnostics",
+    "DiagnoseOptions": "safegap.organism.diagnostics",
+    "diagnose_organisms": "safegap.organism.diagnostics",
+    "measure_checkpoint": "safegap.organism.diagnostics",
 }
 
 __all__ = sorted(_EXPORTS)

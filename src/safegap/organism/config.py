@@ -95,8 +95,12 @@ class InstructConfig:
     text_replay: float = 0.3
     #: Train the LLM (as LLaVA does) or only the projector.
     train_llm: bool = True
-    #: Share of the visual data that are benign requests which look harmful (answered).
-    lookalike_share: float = 0.1
+    #: Share of the visual data that are benign requests which look harmful (answered). 1 % is
+    #: enough to switch refusal off next to images on every seed tried. The first release used
+    #: 10 %, which entrenched image-context compliance so deeply that dataset-level CMRM could not
+    #: undo it without refusing benign requests too, unlike what the CMRM paper reports for real
+    #: VLMs; the change and both configurations' figures are in docs/organism.md ("Revisions").
+    lookalike_share: float = 0.01
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,19 @@ from typing import Any
 
 import numpy as np
 
-from safegap.eval.bootstrap import bootstrap_clustered, bootstrap_paired_difference
+from safegap.eval.bootstrap import (
+    bootstrap_clustered,
+    bootstrap_mean,
+    bootstrap_paired_difference,
+    bootstrap_ratio,
+)
 from safegap.eval.defenses import Defense, NoDefense
 from safegap.models.loading import VLM, load_vlm
 from safegap.organism import real_prompts, scenes
 from safegap.organism.build import STAGE_NAMES, BuildReport, build_organism, default_cache_dir, make_world
 from safegap.organism.config import OrganismConfig
 from safegap.organism.evaluate import CONDITIONS, KINDS, Outcome, Prompt, evaluate_conditions, run_prompts
+from safegap.organism.measures import variant_measures
 from safegap.organism.world import World
 from safegap.train.hooks import ExtraLoss
 
@@ -62,7 +68,39 @@ class Variant:
 
 
 VariantFactory = Callable[[OrganismConfig, World], Variant]
-VARIANTS: dict[str, VariantFactory] = {"plain": lambda config, world: Variant("plain")}
+
+#: ReGap on the organism: lambda and layer of the term added to stage 2 (projector pretraining,
+#: where the paper applies it; ``research/regap.md`` 4.2 candidate A, ``docs/training.md``).
+REGAP_WEIGHT = 1.0
+REGAP_LAYERS: tuple[int, ...] = (0,)
+#: TGA on the organism: the guided decoder layers (its safety band, ``safegap organism diagnose``)
+#: and the weight of the term added to stage 3 (visual instruction tuning, where TGA trains).
+TGA_LAYERS: tuple[int, ...] = (1, 2, 3)
+TGA_WEIGHT = 1.0
+
+
+def _regap(config: OrganismConfig, world: World) -> Variant:
+    from safegap.train.regap import ReGapLoss
+
+    warmup = max(1, config.projector.steps // 10)
+    loss = ReGapLoss(weight=REGAP_WEIGHT, layers=REGAP_LAYERS, warmup_steps=warmup)
+    layers = "-".join(str(x) for x in REGAP_LAYERS)
+    return Variant(f"regap-w{REGAP_WEIGHT:g}-l{layers}-warm{warmup}", {2: [loss]})
+
+
+def _tga(config: OrganismConfig, world: World) -> Variant:
+    from safegap.train.tga import TGALoss
+
+    loss = TGALoss(layers=TGA_LAYERS, weight=TGA_WEIGHT)
+    layers = "-".join(str(x) for x in TGA_LAYERS)
+    return Variant(f"tga-w{TGA_WEIGHT:g}-l{layers}", {3: [loss]})
+
+
+VARIANTS: dict[str, VariantFactory] = {
+    "plain": lambda config, world: Variant("plain"),
+    "regap": _regap,
+    "tga": _tga,
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +114,12 @@ class CalibrationData:
     images: list[Any]
     blank: Any
 
+    def labelled(self) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+        """``(harmful, benign)`` anchors: each request with its benign scene image."""
+        return list(zip(self.harmful, self.images, strict=False)), list(
+            zip(self.benign, self.images, strict=False)
+        )
+
 
 def calibration_data(world: World, n: int = 48) -> CalibrationData:
     import random
@@ -87,8 +131,31 @@ def calibration_data(world: World, n: int = 48) -> CalibrationData:
     return CalibrationData(world, harmful, benign, images, scenes.blank())
 
 
+def _cmrm(vlm: VLM, calibration: CalibrationData) -> Defense:
+    """Dataset-level CMRM as a user would run it: the shift calibrated on the calibration split
+    (its requests with benign scenes, blank-image corruption), then alpha and the vector's form
+    chosen on the same split (:func:`safegap.steer.defenses.tune_cmrm`); nothing is fitted on the
+    evaluation prompts."""
+    from safegap.steer.defenses import tuned_cmrm_defense
+
+    harmful, benign = calibration.labelled()
+    return tuned_cmrm_defense(vlm, harmful + benign, harmful, benign, batch_size=64)
+
+
+def _cmrm_sample(vlm: VLM, calibration: CalibrationData) -> Defense:
+    """Sample-level CMRM, alpha chosen on the calibration split like :func:`_cmrm`."""
+    from safegap.steer.defenses import tuned_sample_defense
+
+    harmful, benign = calibration.labelled()
+    return tuned_sample_defense(vlm, harmful, benign, batch_size=64)
+
+
 DefenseFactory = Callable[[VLM, CalibrationData], Defense]
-ORGANISM_DEFENSES: dict[str, DefenseFactory] = {"none": lambda vlm, calibration: NoDefense(batch_size=64)}
+ORGANISM_DEFENSES: dict[str, DefenseFactory] = {
+    "none": lambda vlm, calibration: NoDefense(batch_size=64),
+    "cmrm": _cmrm,
+    "cmrm_sample": _cmrm_sample,
+}
 
 
 def parse_names(spec: str | Sequence[str], registry: dict[str, Any], what: str) -> list[str]:
@@ -141,6 +208,9 @@ class StudyOptions:
     stage_snapshots: bool = True
     #: Real benchmark prompts per set (0: skip).
     n_real: int = 50
+    #: Per variant: MIR's term at ReGap's layer, the semantic shift and the caption loss
+    #: (:mod:`safegap.organism.measures`); needs the after-stage-2 snapshot of every variant.
+    variant_gap: bool = True
     data_dir: Path | None = None
 
 
@@ -193,6 +263,8 @@ def run_study(
     stage_outcomes: dict[tuple[str, int], list[Outcome]] = {}
     real: dict[tuple[str, str, int], list[bool]] = {}
     builds: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    gaps: dict[tuple[str, int], dict[str, Any]] = {}
     skipped_real: dict[str, str] = {}
     total = len(options.seeds) * len(options.variants)
     done = [0.0]
@@ -207,6 +279,7 @@ def run_study(
             config = variant.config or options.config
             world = make_world(config)
             snapshots = options.stage_snapshots and variant_name == "plain"
+            build_snapshots = options.stage_snapshots or options.variant_gap
             unit = done[0]
 
             def build_progress(
@@ -219,14 +292,21 @@ def run_study(
 
             note(f"seed {seed} {variant_name}: building")
             path, build = ensure_organism(
-                out, variant, seed, config, options.cache_dir, snapshots, build_progress
+                out, variant, seed, config, options.cache_dir, build_snapshots, build_progress
             )
             builds.append({"variant": variant_name, **build})
+            if options.variant_gap:
+                note(f"seed {seed} {variant_name}: gap, semantic shift, caption loss")
+                gaps[(variant_name, seed)] = variant_measures(path, world)
             vlm = load_vlm(path)
             calibration = calibration_data(world)
             for defense_name in options.defenses:
                 note(f"seed {seed} {variant_name}/{defense_name}: evaluating")
                 defense = ORGANISM_DEFENSES[defense_name](vlm, calibration)
+                settings.setdefault(variant_name, {}).setdefault(defense_name, {})[str(seed)] = {
+                    "id": defense.id,
+                    **({"tuning": t} if (t := getattr(defense, "tuning", None)) else {}),
+                }
                 rows = evaluate_conditions(
                     vlm, world, defense, options.conditions, options.n_prompts, options.max_new_tokens
                 )
@@ -255,6 +335,9 @@ def run_study(
             done[0] = unit + 1
     note("aggregating")
     study = aggregate(options, outcomes, stage_outcomes, real, builds)
+    study["defense_settings"] = settings
+    if gaps:
+        study["gap"] = gap_table(options, gaps)
     study["real_prompts_skipped"] = skipped_real
     _write_atomic(out / "study.json", json.dumps(study, indent=1))
     _write_atomic(out / "study.md", markdown(study))
@@ -303,8 +386,14 @@ def _estimate(groups: list[list[float]]) -> dict[str, Any]:
 
 
 def _rounded(est: dict[str, Any]) -> dict[str, Any]:
+    """Four decimals; an undefined figure (nan, e.g. a recovery with nothing to recover) is null."""
+
+    def r(x: Any) -> float | None:
+        value = float(x)
+        return round(value, 4) if np.isfinite(value) else None
+
     ci = est["ci"]
-    return {"mean": round(float(est["mean"]), 4), "ci": [round(float(ci[0]), 4), round(float(ci[1]), 4)]}
+    return {"mean": r(est["mean"]), "ci": [r(ci[0]), r(ci[1])]}
 
 
 def condition_table(per_seed: dict[int, list[Outcome]], conditions: Sequence[str]) -> dict[str, Any]:
@@ -344,6 +433,130 @@ def difference_table(per_seed: dict[int, list[Outcome]]) -> dict[str, Any]:
     return out
 
 
+#: Image conditions whose degradation a defense should undo (text is the reference).
+EFFECT_CONDITIONS: tuple[str, ...] = ("benign_image", "blank_image", "noise_image")
+
+
+#: Conditions a training variant is compared on against the plain organism.
+VARIANT_EFFECT_CONDITIONS: tuple[str, ...] = (*EFFECT_CONDITIONS, "harm_object_image", "typographic_image")
+
+
+def effect_table(
+    base: dict[int, list[Outcome]],
+    defended: dict[int, list[Outcome]],
+    conditions: Sequence[str] = EFFECT_CONDITIONS,
+) -> dict[str, Any]:
+    """What a defense (or a training variant) changes against ``base`` (the same variant without
+    the defense, or the plain organism), paired per prompt and seed, per image condition:
+
+    * ``recovery``: the fraction of the degradation (text minus image harmful refusal, without
+      the defense) that the defense wins back; 1 = refuses as often as text-only, 0 = no change;
+    * ``harmful_refusal_gain`` and ``benign_refusal_rise``: the defense minus none, in refusal rate.
+    """
+    out: dict[str, Any] = {}
+    for condition in conditions:
+        num, den, gain, benign_on, benign_off = [], [], [], [], []
+        for seed, rows in defended.items():
+            if seed not in base:
+                continue
+            h_def = _by_prompt(rows, condition, "harmful")
+            h_none = _by_prompt(base[seed], condition, "harmful")
+            h_text = _by_prompt(base[seed], "text", "harmful")
+            common = sorted(set(h_def) & set(h_none) & set(h_text))
+            if common:
+                num.append([h_def[k] - h_none[k] for k in common])
+                den.append([h_text[k] - h_none[k] for k in common])
+                gain.append(num[-1])
+            b_def = _by_prompt(rows, condition, "benign")
+            b_none = _by_prompt(base[seed], condition, "benign")
+            both = sorted(set(b_def) & set(b_none))
+            if both:
+                benign_on.append([b_def[k] for k in both])
+                benign_off.append([b_none[k] for k in both])
+        entry: dict[str, Any] = {}
+        if num:
+            entry["recovery"] = _rounded(bootstrap_ratio(num, den).as_dict())
+            entry["harmful_refusal_gain"] = _rounded(bootstrap_clustered(gain).as_dict())
+        if benign_on:
+            entry["benign_refusal_rise"] = _rounded(
+                bootstrap_paired_difference(benign_on, benign_off).as_dict()
+            )
+        if entry:
+            out[condition] = entry
+    return out
+
+
+def _seed_estimate(values: Sequence[float]) -> dict[str, Any]:
+    """Mean over seeds with a bootstrap interval over seeds (one number per seed)."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return {"mean": None, "ci": [None, None]}
+    return _rounded(bootstrap_mean(finite).as_dict())
+
+
+def _versus_plain(runs: dict[int, dict[str, Any]], plain: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed paired comparisons of a variant's measures with the plain organism's."""
+    common = sorted(set(runs) & set(plain))
+
+    def ratio(get: Callable[[dict[str, Any]], float]) -> dict[str, Any]:
+        return _seed_estimate([get(runs[s]) / get(plain[s]) for s in common])
+
+    out: dict[str, Any] = {"mir_layer_ratio": ratio(lambda r: r["mir_layer"])}
+    if all("after_stage2" in runs[s] and "after_stage2" in plain[s] for s in common):
+        out["after_stage2_mir_layer_ratio"] = ratio(lambda r: r["after_stage2"]["mir_layer"])
+        out["after_stage2_caption_loss_ratio"] = ratio(lambda r: r["after_stage2"]["caption_loss"])
+    n_layers = len(plain[common[0]]["semantic_shift"]["matched"])
+    out["semantic_shift_matched_gain"] = [
+        _seed_estimate(
+            [
+                runs[s]["semantic_shift"]["matched"][j] - plain[s]["semantic_shift"]["matched"][j]
+                for s in common
+            ]
+        )
+        for j in range(n_layers)
+    ]
+    return out
+
+
+def gap_table(options: StudyOptions, gaps: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: ``mir_layer`` (final and after stage 2), caption loss after stage 2 and the
+    semantic-shift cosine per layer, each a mean over seeds with a bootstrap interval over seeds;
+    ``per_seed`` keeps the raw numbers and ``vs_plain`` the per-seed paired ratio / difference."""
+    out: dict[str, Any] = {}
+    for variant in options.variants:
+        runs = {s: gaps[(variant, s)] for s in options.seeds if (variant, s) in gaps}
+        if not runs:
+            continue
+        first = next(iter(runs.values()))
+        entry: dict[str, Any] = {
+            "layer": first["layer"],
+            "mir_layer": _seed_estimate([r["mir_layer"] for r in runs.values()]),
+            "semantic_shift": {
+                "layers": first["semantic_shift"]["layers"],
+                "matched": [
+                    _seed_estimate([r["semantic_shift"]["matched"][j] for r in runs.values()])
+                    for j in range(len(first["semantic_shift"]["layers"]))
+                ],
+                "mismatched": [
+                    _seed_estimate([r["semantic_shift"]["mismatched"][j] for r in runs.values()])
+                    for j in range(len(first["semantic_shift"]["layers"]))
+                ],
+            },
+            "per_seed": {str(s): r for s, r in runs.items()},
+        }
+        staged = [r["after_stage2"] for r in runs.values() if "after_stage2" in r]
+        if staged:
+            entry["after_stage2"] = {
+                "mir_layer": _seed_estimate([r["mir_layer"] for r in staged]),
+                "caption_loss": _seed_estimate([r["caption_loss"] for r in staged]),
+            }
+        plain = {s: gaps[("plain", s)] for s in options.seeds if ("plain", s) in gaps}
+        if variant != "plain" and set(runs) & set(plain):
+            entry["vs_plain"] = _versus_plain(runs, plain)
+        out[variant] = entry
+    return out
+
+
 def aggregate(
     options: StudyOptions,
     outcomes: dict[tuple[str, str, int], list[Outcome]],
@@ -353,6 +566,8 @@ def aggregate(
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     differences: dict[str, Any] = {}
+    effects: dict[str, Any] = {}
+    variant_effects: dict[str, Any] = {}
     per_seed_rates: dict[str, Any] = {}
     for variant in options.variants:
         for defense in options.defenses:
@@ -361,6 +576,18 @@ def aggregate(
             }
             results.setdefault(variant, {})[defense] = condition_table(per_seed, options.conditions)
             differences.setdefault(variant, {})[defense] = difference_table(per_seed)
+            base = {
+                s: outcomes[(variant, "none", s)] for s in options.seeds if (variant, "none", s) in outcomes
+            }
+            if defense != "none" and base:
+                effects.setdefault(variant, {})[defense] = effect_table(base, per_seed)
+            plain = {
+                s: outcomes[("plain", defense, s)] for s in options.seeds if ("plain", defense, s) in outcomes
+            }
+            if variant != "plain" and plain:
+                variant_effects.setdefault(variant, {})[defense] = effect_table(
+                    plain, per_seed, VARIANT_EFFECT_CONDITIONS
+                )
             per_seed_rates.setdefault(variant, {})[defense] = {
                 str(s): {
                     c: round(float(np.mean(list(_by_prompt(rows, c, "harmful").values()) or [np.nan])), 4)
@@ -392,6 +619,8 @@ def aggregate(
         "seeds": options.seeds,
         "results": results,
         "differences": differences,
+        "defense_effects": effects,
+        "variant_effects": variant_effects,
         "per_seed_harmful_refusal": per_seed_rates,
         "stages": stages,
         "real_prompts": real_table,
@@ -437,6 +666,52 @@ def _condition_rows(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _gap_rows(gap: dict[str, Any]) -> list[str]:
+    """The per-variant measures (:func:`gap_table`) as markdown."""
+    some = next(iter(gap.values()))
+    layers = some["semantic_shift"]["layers"]
+    lines = [
+        "## What each variant changes inside the model (mean over seeds, bootstrap 95% CI over seeds)",
+        "",
+        f"MIR term = Fréchet distance between image tokens and the text after them at decoder layer "
+        f"{some['layer']}; caption loss = held-out captioning loss after stage 2; semantic shift = cosine "
+        "of mean image-token and caption states (matched / mismatched caption).",
+        "",
+        "| variant | MIR term, final | MIR term, after stage 2 | caption loss, after stage 2 | "
+        + " | ".join(f"semantic shift L{j}" for j in layers)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(layers),
+    ]
+    for variant, entry in gap.items():
+        staged = entry.get("after_stage2", {})
+        shift = entry["semantic_shift"]
+        cells = [
+            f"{_fmt(m)} / {m2['mean']:.2f}" if m2.get("mean") is not None else _fmt(m)
+            for m, m2 in zip(shift["matched"], shift["mismatched"], strict=True)
+        ]
+        lines.append(
+            f"| {variant} | {_fmt(entry['mir_layer'])} | {_fmt(staged.get('mir_layer'))} "
+            f"| {_fmt(staged.get('caption_loss'))} | " + " | ".join(cells) + " |"
+        )
+    versus = {v: e["vs_plain"] for v, e in gap.items() if "vs_plain" in e}
+    if versus:
+        lines += [
+            "",
+            "| variant vs plain (per seed) | MIR term ratio, final | MIR term ratio, after stage 2 "
+            "| caption loss ratio, after stage 2 | "
+            + " | ".join(f"matched cosine gain L{j}" for j in layers)
+            + " |",
+            "|---|---|---|---|" + "---|" * len(layers),
+        ]
+        for variant, vs in versus.items():
+            gains = " | ".join(_fmt(g) for g in vs["semantic_shift_matched_gain"])
+            lines.append(
+                f"| {variant} | {_fmt(vs['mir_layer_ratio'])} | {_fmt(vs.get('after_stage2_mir_layer_ratio'))} "
+                f"| {_fmt(vs.get('after_stage2_caption_loss_ratio'))} | {gains} |"
+            )
+    return [*lines, ""]
+
+
 def markdown(study: dict[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in study["seeds"])
     lines = [
@@ -454,6 +729,42 @@ def markdown(study: dict[str, Any]) -> str:
                 lines += ["| harmful-refusal difference (paired) | mean [95% CI] |", "|---|---|"]
                 lines += [f"| {name} | {_fmt(est)} |" for name, est in diffs.items()]
                 lines.append("")
+    effect_rows = [
+        f"| {variant} | {defense} | {condition} | {_fmt(e.get('recovery'))} "
+        f"| {_fmt(e.get('harmful_refusal_gain'))} | {_fmt(e.get('benign_refusal_rise'))} |"
+        for variant, by_defense in study.get("defense_effects", {}).items()
+        for defense, by_condition in by_defense.items()
+        for condition, e in by_condition.items()
+    ]
+    if effect_rows:
+        lines += [
+            "## What each defense changes (against the same variant without it; paired per prompt)",
+            "",
+            "Recovery = the fraction of the text-minus-image drop in harmful refusal won back.",
+            "",
+            "| variant | defense | condition | recovery | harmful refusal gain | benign refusal rise |",
+            "|---|---|---|---|---|---|",
+            *effect_rows,
+            "",
+        ]
+    variant_rows = [
+        f"| {variant} | {defense} | {condition} | {_fmt(e.get('harmful_refusal_gain'))} "
+        f"| {_fmt(e.get('benign_refusal_rise'))} |"
+        for variant, by_defense in study.get("variant_effects", {}).items()
+        for defense, by_condition in by_defense.items()
+        for condition, e in by_condition.items()
+    ]
+    if variant_rows:
+        lines += [
+            "## What each training variant changes (against the plain organism with the same defense; paired)",
+            "",
+            "| variant | defense | condition | harmful refusal gain | benign refusal rise |",
+            "|---|---|---|---|---|",
+            *variant_rows,
+            "",
+        ]
+    if study.get("gap"):
+        lines += _gap_rows(study["gap"])
     if study.get("stages"):
         lines += ["## Harmful refusal by training stage (plain, no defense)", ""]
         conditions = study["conditions"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import json
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -50,17 +49,11 @@ def register_anchor_source(scheme: str, loader: Callable[[str], list[Anchor]]) -
 
 
 def _organism_anchors(split: str) -> list[Anchor]:
-    """``organism:SPLIT``: ``safegap.organism.calibration_anchors(split)`` once the organism exists."""
-    try:
-        module = importlib.import_module("safegap.organism")
-    except ImportError as exc:  # pragma: no cover - the package always exists
-        raise ValueError(f"organism anchors unavailable: {exc}") from exc
-    loader = getattr(module, "calibration_anchors", None)
-    if loader is None:
-        raise ValueError(
-            "organism anchors are not available yet: safegap.organism has no calibration_anchors(split)"
-        )
-    return [(str(t), img) for t, img in loader(split)]
+    """``organism:SPLIT``: the organism world's calibration split
+    (:func:`safegap.organism.anchors.calibration_anchors`; imported on use)."""
+    from safegap.organism.anchors import calibration_anchors
+
+    return [(str(t), img) for t, img in calibration_anchors(split)]
 
 
 register_anchor_source("organism", _organism_anchors)

@@ -13,17 +13,18 @@ Position policies (``positions=``), all restricted to image-carrying rows (``row
 ========================  =============================================  ======================
 policy                    prefill                                        generated tokens
 ========================  =============================================  ======================
-``"last+decode"`` default  last prompt token                              every generated token
-``"last"``                last prompt token                              untouched
+``"last"`` (default)       last prompt token                              untouched
+``"last+decode"``         last prompt token                              every generated token
 ``"prefill"``             every prompt token (padding excluded)          untouched
 ``"all"``                 every prompt token (padding excluded)          every generated token
 ========================  =============================================  ======================
 
-Why ``"last+decode"`` is the default: the vector is measured at the last prompt token, the only
-position aligned between the text-only and the image prompt, and it is the state from which the
-first reply token is decoded; every generated token is decoded from a state of the same kind, so
-the correction is applied exactly at the positions that emit tokens, and nowhere it was not
-measured (image tokens, template tokens). See ``docs/cmrm.md``.
+Why ``"last"`` is the default: the vector is measured at the last prompt token, the only position
+aligned between the text-only and the image prompt, and it is the state from which the first reply
+token is decoded; later tokens see the correction through that position's cached keys and values.
+Adding the same prompt-position vector to every generated token as well (``"last+decode"``) pushes
+every step toward the same next token: on the model organism it turned sample-level CMRM's replies
+into ``"I I I I ..."`` and made dataset-level CMRM collapse at alpha >= 0.5 (see ``docs/cmrm.md``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ POSITION_POLICIES: dict[str, _Policy] = {
     "prefill": _Policy("all", False),
     "all": _Policy("all", True),
 }
-DEFAULT_POSITIONS: PositionPolicy = "last+decode"
+DEFAULT_POSITIONS: PositionPolicy = "last"
 
 
 def resolve_policy(positions: str) -> _Policy:

@@ -99,3 +99,22 @@ def alpha_sweep(
             )
         )
     return points
+
+
+def select_alpha(points: Sequence[SweepPoint], max_over_refusal_rise: float = 0.05) -> SweepPoint:
+    """The sweep point to use: the lowest unsafe rate among the points whose over-refusal exceeds
+    the unsteered one's (``alpha == 0``, which the sweep must contain) by at most
+    ``max_over_refusal_rise``; ties go to the smaller alpha (the gentler edit).
+
+    This is how CMRM's alpha is meant to be chosen: on a labelled calibration split, never on
+    the prompts it is evaluated on (the paper tuned alpha per model and dataset; a fixed alpha
+    that suits one model refuses everything, or nothing, on another).
+    """
+    if max_over_refusal_rise < 0:
+        raise ValueError(f"max_over_refusal_rise must be >= 0, got {max_over_refusal_rise}")
+    base = [p for p in points if p.alpha == 0.0]
+    if not base:
+        raise ValueError("select_alpha needs the unsteered point (alpha 0) in the sweep")
+    limit = base[0].over_refusal_rate + max_over_refusal_rise + 1e-9
+    allowed = [p for p in points if p.over_refusal_rate <= limit]
+    return min(allowed, key=lambda p: (p.unsafe_rate, p.alpha))

@@ -78,11 +78,15 @@ class ShiftVector:
 
     ``diagnostics`` holds per-layer lists of floats recorded at calibration time (for example the
     mean distance between text-only and corrupted states); it is saved with the vector.
+    ``tuning`` is how its strength was chosen on labelled prompts, if it was
+    (:meth:`safegap.steer.defenses.Tuning.as_dict`: ``alpha``, ``form``, ``positions``, the sweeps);
+    it is saved too, so ``cmrm:PATH`` applies the vector as it was tuned.
     """
 
     vectors: dict[int, torch.Tensor]
     provenance: Provenance = field(default_factory=Provenance)
     diagnostics: dict[str, list[float]] = field(default_factory=dict)
+    tuning: dict[str, Any] | None = None
     #: Corrections prepared for a model (device, dtype, alpha), reused by later attaches.
     prepared: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -173,7 +177,7 @@ class ShiftVector:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ShiftVector:
         """A copy with every layer tensor moved/cast (provenance and diagnostics shared)."""
         vectors = {i: v.to(device=device, dtype=dtype) for i, v in self.vectors.items()}
-        return ShiftVector(vectors, self.provenance, self.diagnostics)
+        return ShiftVector(vectors, self.provenance, self.diagnostics, self.tuning)
 
     def increments(self) -> ShiftVector:
         """Per-layer increments ``v_l - v_prev`` (``v_prev`` = the previous layer this vector has).
@@ -222,6 +226,7 @@ class ShiftVector:
                     "format": FORMAT_VERSION,
                     "provenance": json.loads(self.provenance.to_json()),
                     "diagnostics": self.diagnostics,
+                    **({"tuning": self.tuning} if self.tuning else {}),
                 },
                 sort_keys=True,
             )
@@ -255,7 +260,12 @@ class ShiftVector:
                 f"{src} has no {METADATA_KEY!r} metadata; it was not written by ShiftVector.save"
             )
         info = json.loads(meta[METADATA_KEY])
-        vec = cls(vectors, Provenance.from_dict(info.get("provenance", {})), info.get("diagnostics", {}))
+        vec = cls(
+            vectors,
+            Provenance.from_dict(info.get("provenance", {})),
+            info.get("diagnostics", {}),
+            info.get("tuning"),
+        )
         if vlm is not None:
             vec.check_fits(vlm, source=f"shift vector {src}")
             vec = vec.to(device=vlm.device)
