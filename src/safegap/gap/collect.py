@@ -197,12 +197,7 @@ def pooled_states(
     A row with an empty span is an error naming the row.
     """
     out = []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        chunk_images = None if images is None else list(images[start : start + batch_size])
-        if chunk_images is not None and all(img is None for img in chunk_images):
-            chunk_images = None
-        batch = vlm.build_inputs(chunk, chunk_images, system)
+    for start, chunk, batch in prompt_batches(vlm, texts, images, batch_size, system):
         mask = masks(vlm, batch, list(range(start, start + len(chunk)))).to(batch["input_ids"].device)
         empty = (~mask.any(dim=1)).nonzero()
         if empty.numel():
@@ -218,6 +213,23 @@ def pooled_states(
     return torch.cat(out)
 
 
+def prompt_batches(
+    vlm: VLM,
+    texts: Sequence[str],
+    images: Sequence[Any] | None,
+    batch_size: int = 8,
+    system: str | None = None,
+) -> Iterator[tuple[int, list[str], Any]]:
+    """``(start, texts, model inputs)`` per batch of ``batch_size`` prompts; a batch whose images are
+    all ``None`` is built as text-only."""
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        chunk_images = None if images is None else list(images[start : start + batch_size])
+        if chunk_images is not None and all(img is None for img in chunk_images):
+            chunk_images = None
+        yield start, chunk, vlm.build_inputs(chunk, chunk_images, system)
+
+
 def last_token_states(
     vlm: VLM,
     texts: Sequence[str],
@@ -229,12 +241,7 @@ def last_token_states(
 ) -> torch.Tensor:
     """Hidden state at the last prompt position: ``(rows, len(layers), hidden)`` float32."""
     out = []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        chunk_images = None if images is None else list(images[start : start + batch_size])
-        if chunk_images is not None and all(img is None for img in chunk_images):
-            chunk_images = None
-        batch = vlm.build_inputs(chunk, chunk_images, system)
+    for _start, _chunk, batch in prompt_batches(vlm, texts, images, batch_size, system):
         states, _ = _recorded(vlm, batch, list(layers), "last", final_norm_last)
         out.append(torch.stack([states[i] for i in layers], dim=1))
     return torch.cat(out)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from safegap.data.images import blank_image, noise_image
+from safegap.gap.collect import prompt_batches
 from safegap.models.hooks import HookHandle, replace_layer_hidden
 from safegap.models.loading import VLM
 from safegap.probe import record, resolve_layers
@@ -144,12 +145,7 @@ def refusal_lens(
     norm, head = vlm.adapter.final_norm(), vlm.adapter.output_head()
     ids = torch.tensor(sorted(set(refusal_ids)), dtype=torch.long)
     probs, top1, rises = [], [], []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        chunk_images = None if images is None else list(images[start : start + batch_size])
-        if chunk_images is not None and all(img is None for img in chunk_images):
-            chunk_images = None
-        batch = vlm.build_inputs(chunk, chunk_images, system)
+    for _start, _chunk, batch in prompt_batches(vlm, texts, images, batch_size, system):
         states = record(vlm, batch, layers=layers, positions="last", dtype=None).stacked()  # (L, B, d)
         logits = head(norm(states.to(vlm.device))).float()  # reduced on the model's device
         p = logits.softmax(dim=-1)  # (L, B, V)
@@ -360,12 +356,7 @@ def output_refusal(
     norm, head = vlm.adapter.final_norm(), vlm.adapter.output_head()
     ids = torch.tensor(sorted(set(refusal_ids)), dtype=torch.long)
     probs, top1 = [], []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        chunk_images = None if images is None else list(images[start : start + batch_size])
-        if chunk_images is not None and all(img is None for img in chunk_images):
-            chunk_images = None
-        batch = vlm.build_inputs(chunk, chunk_images, system)
+    for _start, _chunk, batch in prompt_batches(vlm, texts, images, batch_size, system):
         state = record(vlm, batch, layers=[last], positions="last", dtype=None).states[last]
         p = head(norm(state.to(vlm.device))).float().softmax(dim=-1)
         vocab_ids = ids.to(p.device)
