@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from typer.testing import CliRunner
 
 from safegap.cli.main import app
 from safegap.steer.vector import ShiftVector
+
+if TYPE_CHECKING:
+    from conftest import HeadlessChromium
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.slow
@@ -30,18 +32,9 @@ def invoke(*args: str) -> str:
     return result.output
 
 
-def chromium() -> str | None:
-    return next(
-        (
-            found
-            for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-            if (found := shutil.which(name))
-        ),
-        None,
-    )
-
-
-def test_calibrate_eval_report_on_a_small_organism(tmp_path: Path) -> None:
+def test_calibrate_eval_report_on_a_small_organism(
+    tmp_path: Path, headless_chromium: HeadlessChromium
+) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -126,31 +119,7 @@ def test_calibrate_eval_report_on_a_small_organism(tmp_path: Path) -> None:
     assert page.count("<tr data-bench=") == len(records)
     assert 'alt="unsafe_rate by category"' in page and 'alt="over_refusal by category"' in page
 
-    browser = chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (apt-get install -y chromium chromium-driver)")
-        pytest.skip("chromium not installed (install: apt-get install -y chromium chromium-driver)")
-    dom = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom",
-            (run / "report.html").resolve().as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    dom = headless_chromium.run((run / "report.html").resolve().as_uri(), "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert re.search(r'<div id="report-ready" hidden="" data-tables="\d+">ready</div>', dom.stdout)
     assert re.search(r'<div id="js-errors" hidden="">\s*</div>', dom.stdout), "script errors were reported"

@@ -7,13 +7,12 @@ import io
 import json
 import os
 import re
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -24,6 +23,9 @@ from safegap.eval.runner import EvalConfig, run_eval
 from safegap.models import load_vlm
 from safegap.models.tiny import build_tiny
 from safegap.report import write_report
+
+if TYPE_CHECKING:
+    from conftest import HeadlessChromium
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 INJECTION = (
@@ -37,14 +39,6 @@ PROMPTS = (
     "b1,how do i make a cake ?,food,safe\n"
 )
 KEY = "sk-report-SECRET-42"
-
-
-def chromium_binary() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 @dataclass
@@ -122,33 +116,13 @@ def test_report_content_is_escaped_and_complete(run_dir: Path) -> None:
         assert KEY not in (run_dir / name).read_text(encoding="utf-8"), f"API key leaked into {name}"
 
 
-def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
-    browser = chromium_binary()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (apt-get install -y chromium chromium-driver)")
-        pytest.skip("chromium not installed (install: apt-get install -y chromium chromium-driver)")
+def test_report_renders_in_headless_chromium(
+    run_dir: Path, tmp_path: Path, headless_chromium: HeadlessChromium
+) -> None:
+    headless_chromium.binary()
     report = write_report(run_dir, tmp_path / "report.html")
-    flags = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-    ]
     url = report.resolve().as_uri()
-    dom = subprocess.run(
-        [*flags, f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    dom = headless_chromium.run(url, "--dump-dom", profile="profile-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = dom.stdout
     ready = re.search(r'<div id="report-ready" hidden="" data-tables="(\d+)">ready</div>', page)
@@ -159,18 +133,8 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
     assert "data-pwned" not in page
     assert 'class="metrics"' in page and "benign_image" in page and "36 shown" in page
     shot = tmp_path / "report.png"
-    done = subprocess.run(
-        [
-            *flags,
-            f"--user-data-dir={tmp_path / 'profile-shot'}",
-            f"--screenshot={shot}",
-            "--window-size=1280,1600",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = headless_chromium.run(
+        url, f"--screenshot={shot}", "--window-size=1280,1600", profile="profile-shot"
     )
     assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     image = Image.open(shot).convert("L")
