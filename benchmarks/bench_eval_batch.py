@@ -1,21 +1,25 @@
 """Evaluation throughput: the harness at batch 16 vs a batch-1 loop, side by side in one process.
 
 Both arms run the real harness (``safegap.eval.runner.run_eval``: images, left-padded batched
-greedy generation, the refusal judge, fsync'ed JSONL writes, the summary) on the same 16 requests
-(2-14 words of text each, one noise image each), 32 new tokens, in interleaved rounds. The ratio is
-samples per second at batch 16 over samples per second at batch 1 (median over rounds). Target
->= 5, the speedup ``/work/shared/research/perf-anchors.md`` measured for bare ``generate`` on the
-small model.
+greedy generation, the refusal judge, fsync'ed JSONL writes, the summary) on the same requests
+(``--samples``, default 64: four batches, so the steady state of a run and not one batch's fixed
+costs; 2-14 words of text each, one noise image each), at most 32 new tokens, in interleaved
+rounds. The ratio is batch-1 seconds over batch-16 seconds within a round (= samples per second at
+batch 16 over samples per second at batch 1), median over rounds; pairing by round cancels the
+drifts of a shared machine. Target >= 5, the speedup ``/work/shared/research/perf-anchors.md``
+measured for bare ``generate`` on the small model.
 
-Model: the organism when a build is available (``--model PATH``, ``$SAFEGAP_ORGANISM`` or an
-``organism.json`` under the safegap organism cache), otherwise a random tiny LLaVA of the
-perf-anchors "small" shape: Llama 256 hidden x 4 layers (MLP 1024, vocabulary 8000; the BPE
-tokenizer has 512 tokens), CLIP 128 x 2 layers at 224 px / patch 32 = 49 image tokens (9.2 M
-parameters). The JSON line says which (``model``).
+Model: the organism when a build is available (``--model PATH``, ``$SAFEGAP_ORGANISM``, the
+current configuration's seed-0 build in the safegap organism cache, else any ``organism.json``
+there), otherwise a random tiny LLaVA of the perf-anchors "small" shape: Llama 256 hidden x 4
+layers (MLP 1024, vocabulary 8000; the BPE tokenizer has 512 tokens), CLIP 128 x 2 layers at
+224 px / patch 32 = 49 image tokens (9.2 M parameters). The JSON line says which (``model``).
 
 For reference the same rounds also time bare ``generate`` (no harness) at both batch sizes:
 ``bare_generate_ratio`` is its speedup, ``harness_overhead_batch16`` the harness's time at batch 16
-over bare generate's. On a loaded machine both ratios drop together.
+over bare generate's. On a loaded machine both ratios drop together. ``--threads`` sets torch's
+threads (default 1); image preprocessing uses ``$SAFEGAP_PREPROCESS_WORKERS`` threads (default:
+the cores), reported as ``preprocess_workers``.
 
 Prints one JSON line: ``{"benchmark": "eval_batch_speedup", "ratio", "target", ...}``.
 """
@@ -38,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safegap.eval.runner import EvalConfig, run_eval  # noqa: E402
 from safegap.models import VLM, load_vlm  # noqa: E402
+from safegap.models.preprocess import default_workers  # noqa: E402
 from safegap.models.tiny import LLAVA_TEMPLATE, train_tokenizer  # noqa: E402
 
 WORDS = [
@@ -61,7 +66,6 @@ WORDS = [
     "picture",
     "please",
 ]
-N_SAMPLES = 16
 
 
 def build_small_llava(out_dir: Path) -> Path:
@@ -133,17 +137,21 @@ def find_organism(explicit: str | None) -> Path | None:
             return path
     try:
         from safegap.organism.build import default_cache_dir
+        from safegap.organism.config import OrganismConfig
     except ImportError:
         return None
     root = default_cache_dir()
+    current = root / f"plain-seed0-{OrganismConfig().digest()}"
+    if (current / "organism.json").is_file():
+        return current
     builds = sorted(p.parent for p in root.rglob("organism.json")) if root.is_dir() else []
     return builds[0] if builds else None
 
 
-def write_prompts(path: Path) -> None:
+def write_prompts(path: Path, n_samples: int) -> None:
     rng = random.Random(0)
     rows = [
-        f"p{i},{' '.join(rng.choice(WORDS) for _ in range(rng.randint(2, 14)))}" for i in range(N_SAMPLES)
+        f"p{i},{' '.join(rng.choice(WORDS) for _ in range(rng.randint(2, 14)))}" for i in range(n_samples)
     ]
     path.write_text("id,prompt\n" + "\n".join(rows) + "\n")
 
@@ -188,6 +196,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +205,7 @@ def main() -> None:
         model_path = organism or build_small_llava(root / "model")
         vlm = load_vlm(model_path)
         csv = root / "prompts.csv"
-        write_prompts(csv)
+        write_prompts(csv, args.samples)
         run_arm(vlm, csv, root / "warmup", 16, 4)  # warm-up: first-call costs out of the measurement
         times: dict[int, list[float]] = {1: [], 16: []}
         bare: dict[int, list[float]] = {1: [], 16: []}
@@ -207,19 +216,22 @@ def main() -> None:
                 times[batch].append(seconds)
                 outputs[batch] = generations
                 bare[batch].append(bare_generate_seconds(vlm, csv, batch, args.max_new_tokens))
-        rate = {b: N_SAMPLES / statistics.median(t) for b, t in times.items()}
-        bare_ratio = statistics.median(bare[1]) / statistics.median(bare[16])
+        rate = {b: args.samples / statistics.median(t) for b, t in times.items()}
+        # Paired per round (both arms ran back to back): drifts of a shared machine cancel.
+        paired = [t1 / t16 for t1, t16 in zip(times[1], times[16], strict=True)]
+        bare_ratio = statistics.median(b1 / b16 for b1, b16 in zip(bare[1], bare[16], strict=True))
         params = sum(p.numel() for p in vlm.model.parameters())
         result: dict[str, Any] = {
             "benchmark": "eval_batch_speedup",
-            "ratio": round(rate[16] / rate[1], 3),
+            "ratio": round(statistics.median(paired), 3),
+            "ratio_per_round": [round(r, 3) for r in paired],
             "target": 5.0,
             "higher_is_better": True,
             "model": f"organism:{organism}"
             if organism
             else "tiny-llava-256x4 (random, perf-anchors small shape)",
             "parameters": params,
-            "samples": N_SAMPLES,
+            "samples": args.samples,
             "max_new_tokens": args.max_new_tokens,
             "batch1_samples_per_s": round(rate[1], 3),
             "batch16_samples_per_s": round(rate[16], 3),
@@ -230,6 +242,7 @@ def main() -> None:
             "outputs_equal": sum(a == b for a, b in zip(outputs[1], outputs[16], strict=True)),
             "rounds": args.rounds,
             "threads": args.threads,
+            "preprocess_workers": default_workers(),
             "device": str(vlm.device),
         }
     print(json.dumps(result))

@@ -100,3 +100,15 @@ def test_bad_input_is_one_line_and_non_zero(
 def test_report_of_a_missing_run(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "summary.json not found" in result.stderr
+
+
+def test_keep_order_gives_the_same_results(tiny: Path, csv: Path, tmp_path: Path) -> None:
+    def run(out: Path, *extra: str) -> bytes:
+        args = ["eval", "--model", str(tiny), "--bench", f"text_csv:{csv}", "--condition", "text,blank_image"]
+        result = runner.invoke(
+            app, [*args, "--out", str(out), "--batch-size", "1", "--max-new-tokens", "4", "--quiet", *extra]
+        )
+        assert result.exit_code == 0, result.output
+        return (out / "samples.jsonl").read_bytes()
+
+    assert run(tmp_path / "sorted") == run(tmp_path / "kept", "--keep-order")

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from safegap.data.benchmarks import load_benchmark
 from safegap.eval.defenses import DEFENSES, DefenseSpec
 from safegap.eval.metrics import summarize
 from safegap.eval.records import RunDirError, read_records
-from safegap.eval.runner import EvalConfig, SampleError, run_eval
+from safegap.eval.runner import EvalConfig, SampleError, make_plan, run_eval
 from safegap.models import VLM
 
 from .conftest import SHARED
@@ -151,6 +152,34 @@ def test_batched_generation_matches_one_at_a_time(tiny_llava: VLM, prompts_csv: 
     run_eval(config(tmp_path / "b1", spec, batch_size=1), vlm=tiny_llava)
     batched, single = (read_records(tmp_path / d / "samples.jsonl") for d in ("b4", "b1"))
     assert [r["generation"] for r in batched] == [r["generation"] for r in single]
+
+
+def test_batches_take_the_longest_prompts_first_and_results_keep_benchmark_order(
+    prompts_csv: Path,
+) -> None:
+    bench = load_benchmark(f"text_csv:{prompts_csv}")
+    texts = {s.id: s.text for s in bench.samples()}
+    plan = make_plan([bench], ["text", "blank_image"], ["none"], None, batch_size=3)
+    for condition in ("text", "blank_image"):
+        rows = [it for b in plan.batches for it in b.items if it.condition == condition]
+        lengths = [len(texts[it.sample.id]) for it in rows]
+        assert lengths == sorted(lengths, reverse=True)
+        assert sorted(it.sample.id for it in rows) == sorted(texts)
+    assert all(len({it.condition for it in b.items}) == 1 for b in plan.batches)
+    assert [it.index for it in plan.items] == list(range(2 * len(texts)))
+    assert [it.sample.id for it in plan.items[: len(texts)]] == list(texts)
+    kept = make_plan([bench], ["text"], ["none"], None, batch_size=3, sort_by_length=False)
+    assert [it.sample.id for b in kept.batches for it in b.items] == list(texts)
+
+
+def test_length_sorted_batches_give_the_same_records_as_benchmark_order(
+    tiny_llava: VLM, prompts_csv: Path, tmp_path: Path
+) -> None:
+    spec = f"text_csv:{prompts_csv}"
+    run_eval(config(tmp_path / "sorted", spec, batch_size=3), vlm=tiny_llava)
+    run_eval(config(tmp_path / "kept", spec, batch_size=3, sort_by_length=False), vlm=tiny_llava)
+    data = {d: (tmp_path / d / "samples.jsonl").read_bytes() for d in ("sorted", "kept")}
+    assert data["sorted"] == data["kept"]
 
 
 def test_errored_samples_are_recorded_and_counted(tiny_llava: VLM, tmp_path: Path) -> None:

@@ -75,6 +75,11 @@ def eval_command(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     batch_size: int = typer.Option(16, "--batch-size", help="Rows per generation batch."),
+    keep_order: bool = typer.Option(
+        False,
+        "--keep-order",
+        help="Batch rows in benchmark order (default: longest prompt first, less padding).",
+    ),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first per-sample problem."),
     data_dir: str | None = typer.Option(
         None, "--data-dir", help="Benchmark data root (default: $SAFEGAP_DATA)."
@@ -131,6 +136,7 @@ def eval_command(
             device=device,
             layers_path=layers_path,
             progress=not quiet,
+            sort_by_length=not keep_order,
         )
         result = run_eval(config, console=console)
     if result.no_op:

@@ -1,9 +1,12 @@
 """The evaluation harness: benchmarks x conditions x defenses -> generations -> judges -> summary.
 
 Work is planned up front in a fixed order (defense, benchmark, condition, sample) and cut into
-batches of ``batch_size`` rows that share a defense, benchmark and condition. A batch is the
-unit of generation, of sharding across processes and of writing: its records are appended to the
-run's JSONL in one write + fsync once it is generated and judged. Resuming skips every record
+batches of ``batch_size`` rows that share a defense, benchmark and condition. Within one (defense,
+benchmark, condition) the rows are batched longest prompt first, so that a batch holds prompts of
+similar length (less left padding to compute) and a batch too large for memory fails at the
+start; ``samples.jsonl`` keeps the benchmark's order. A batch is the unit of generation, of
+sharding across processes and of writing: its records are appended to the run's JSONL in one
+write + fsync once it is generated and judged. Resuming skips every record
 already on disk, so a crash or kill loses at most the batches in flight, and a finished run
 re-run with the same arguments does nothing.
 
@@ -80,6 +83,7 @@ from safegap.eval.wrappers import (
     defense_files,
 )
 from safegap.judge.base import JUDGES, Judge, JudgeInput, judge_safely, make_judge
+from safegap.models.preprocess import map_in_threads
 
 #: Settings that define a run's results; a resume must use the same values.
 IDENTITY_FIELDS = (
@@ -129,6 +133,9 @@ class EvalConfig:
     layers_path: str | None = None
     progress: bool = True
     n_boot: int = 2000
+    #: Batch rows by prompt length (longest first) instead of in benchmark order. Greedy results
+    #: are the same either way; with sampling, a batch's seed covers different rows.
+    sort_by_length: bool = True
 
     def identity(self) -> dict[str, Any]:
         """The defining arguments, plus the content hash of every file a defense spec names
@@ -178,7 +185,8 @@ class Plan:
 
     @property
     def items(self) -> list[WorkItem]:
-        return [it for b in self.batches for it in b.items]
+        """Every work item in plan order (``index``), whatever order the batches take them in."""
+        return sorted((it for b in self.batches for it in b.items), key=lambda it: it.index)
 
 
 @dataclass
@@ -224,17 +232,31 @@ def _check_judge_names(specs: Sequence[str]) -> None:
             raise ValueError(f"unknown judge {name!r}; known: {', '.join(sorted(JUDGES))}")
 
 
+def prompt_length(bench: Benchmark, sample: Sample, condition: str) -> int:
+    """Characters of the prompt ``sample`` gets under ``condition`` (0 where it has none yet: an
+    errored sample or a request that fails, which the batch records as an error later)."""
+    if sample.error:
+        return 0
+    try:
+        return len(bench.request(sample, condition).prompt)
+    except (BenchmarkError, KeyError, ValueError, OSError):
+        return 0
+
+
 def make_plan(
     benchmarks: Sequence[Benchmark],
     conditions: Sequence[str] | None,
     defenses: Sequence[str],
     limit: int | None,
     batch_size: int,
+    sort_by_length: bool = True,
 ) -> Plan:
     """Every (defense, benchmark, condition, sample) in a fixed order, cut into batches.
 
     Explicit ``conditions`` apply to each benchmark that offers them (every benchmark offers the
-    generic ones); a condition no benchmark offers is an error; skipped pairs are listed."""
+    generic ones); a condition no benchmark offers is an error; skipped pairs are listed.
+    ``index`` follows the benchmark's sample order; with ``sort_by_length`` the batches of one
+    (defense, benchmark, condition) take its rows longest prompt first (ties in sample order)."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     per_bench: list[tuple[Benchmark, list[str]]] = []
@@ -261,15 +283,34 @@ def make_plan(
         for bench, wanted in per_bench:
             samples = limit_samples(bench.samples(), limit)
             for condition in wanted:
-                for start in range(0, len(samples), batch_size):
-                    items = []
-                    for sample in samples[start : start + batch_size]:
-                        items.append(WorkItem(index, bench, sample, condition, defense))
-                        index += 1
+                rows = list(range(len(samples)))
+                if sort_by_length:
+                    lengths = [prompt_length(bench, s, condition) for s in samples]
+                    rows.sort(key=lambda p: -lengths[p])
+                for start in range(0, len(rows), batch_size):
+                    items = [
+                        WorkItem(index + p, bench, samples[p], condition, defense)
+                        for p in rows[start : start + batch_size]
+                    ]
                     batches.append(
                         Batch(f"{defense}|{bench.id}|{condition}|{start // batch_size}", defense, items)
                     )
+                index += len(samples)
     return Plan(batches, skipped)
+
+
+def _load_item(item: WorkItem) -> tuple[Request | None, Image.Image | Exception | None]:
+    """The request and image of one work item, or the problem that stops it (images of a batch
+    load in threads: decoding, drawing and file reads release the GIL)."""
+    if item.sample.error:
+        return None, None
+    request: Request | None = None
+    try:
+        request = item.benchmark.request(item.sample, item.condition)
+        image = item.benchmark.load_image(request.image, item.sample) if request.image else None
+    except (ImageLoadError, BenchmarkError, OSError, KeyError, ValueError) as exc:
+        return request, exc
+    return request, image
 
 
 class _RateColumn(ProgressColumn):
@@ -401,21 +442,17 @@ class Harness:
     def run_batch(self, batch: Batch, items: Sequence[WorkItem]) -> list[Record]:
         records: dict[int, Record] = {}
         ready: list[tuple[WorkItem, Request, Image.Image | None]] = []
-        for item in items:
+        for item, (request, loaded) in zip(items, map_in_threads(_load_item, items), strict=True):
             if item.sample.error:
                 self._problem(item, item.sample.error)
                 records[item.index] = {**self.base_record(item, None), "error": item.sample.error}
-                continue
-            request: Request | None = None
-            try:
-                request = item.benchmark.request(item.sample, item.condition)
-                image = item.benchmark.load_image(request.image, item.sample) if request.image else None
-            except (ImageLoadError, BenchmarkError, OSError, KeyError, ValueError) as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            elif isinstance(loaded, Exception):
+                reason = str(loaded).splitlines()[0] if str(loaded) else type(loaded).__name__
                 self._problem(item, reason)
                 records[item.index] = {**self.base_record(item, request), "error": reason}
-                continue
-            ready.append((item, request, image))
+            else:
+                assert request is not None
+                ready.append((item, request, loaded))
         if ready:
             torch.manual_seed(stable_seed(str(self.config.seed), batch.id))
             replies, details = self._generate(batch.defense, ready)
@@ -604,7 +641,9 @@ def prepare(config: EvalConfig) -> tuple[list[Benchmark], Plan]:
     benchmarks = [load_benchmark(spec, context) for spec in config.benchmarks]
     if len({b.id for b in benchmarks}) != len(benchmarks):
         raise ValueError(f"a benchmark is listed twice: {', '.join(config.benchmarks)}")
-    plan = make_plan(benchmarks, config.conditions, config.defenses, config.limit, config.batch_size)
+    plan = make_plan(
+        benchmarks, config.conditions, config.defenses, config.limit, config.batch_size, config.sort_by_length
+    )
     if not plan.batches:
         raise BenchmarkError(f"nothing to evaluate: {', '.join(config.benchmarks)} gave no samples")
     return benchmarks, plan

@@ -32,6 +32,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from safegap.models.preprocess import with_chunked_images
+
 #: Per-row images: ``None`` for an all-text batch, else one image (or ``None``) per row.
 ImagesArg = Sequence[Image.Image | None] | None
 
@@ -84,7 +86,8 @@ def per_row_images(images: ImagesArg, n_rows: int) -> list[Image.Image | None]:
     for i, img in enumerate(rows):
         if img is not None and not isinstance(img, Image.Image):
             raise TypeError(f"image {i} is a {type(img).__name__}, expected a PIL image or None")
-    return [img.convert("RGB") if img is not None else None for img in rows]
+    # An RGB image is passed as it is: ``convert`` would copy it, once per row and call.
+    return [None if img is None else img if img.mode == "RGB" else img.convert("RGB") for img in rows]
 
 
 def _saved_chat_template(name_or_path: str) -> str | None:
@@ -145,6 +148,8 @@ class VLMAdapter:
         self.model = model
         self.processor = processor
         self.tokenizer = tokenizer
+        self._encoder: Any = None
+        self._encoder_of: Any = None
         self._explicit_layers_path = layers_path is not None
         self._layers_path = layers_path or self.layers_path
         self._layers = self._find_layers()
@@ -195,8 +200,17 @@ class VLMAdapter:
         return processor, tokenizer
 
     @property
+    def encoder(self) -> Any:
+        """The processor inputs are built with: ``processor`` with its image processor spread over
+        CPU cores (:mod:`safegap.models.preprocess`; same outputs, ``processor`` untouched)."""
+        if self._encoder_of is not self.processor:
+            self._encoder = with_chunked_images(self.processor)
+            self._encoder_of = self.processor
+        return self._encoder
+
+    @property
     def image_processor(self) -> Any:
-        return getattr(self.processor, "image_processor", None)
+        return getattr(self.encoder, "image_processor", None)
 
     @property
     def chat_template(self) -> str | None:
@@ -400,7 +414,7 @@ class VLMAdapter:
                 raise ValueError(
                     f"the {self.family} processor could not be loaded, so images cannot be encoded"
                 )
-            return self.processor(
+            return self.encoder(
                 text=prompts,
                 images=self._processor_images(list(images)),
                 return_tensors="pt",
