@@ -27,6 +27,14 @@ def test_calibration_split_as_anchors() -> None:
     for _, image in anchors:
         assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (64, 64)
     assert len({img.tobytes() for _, img in anchors if img is not None}) > 10
+    # the study's pairing: the same (request, image) pairs its CMRM calibrates and tunes on
+    from safegap.organism.study import calibration_data
+
+    harmful_pairs, benign_pairs = calibration_data(world).labelled()
+    study = [p for pair in zip(harmful_pairs, benign_pairs, strict=True) for p in pair]
+    assert [(t, img.convert("RGB").tobytes()) for t, img in study] == [
+        (t, img.tobytes()) for t, img in anchors
+    ]
     # deterministic, and the same as the package-level export
     assert anchors_hash(anchors) == anchors_hash(load_anchors("organism:calibration"))
     assert anchors_hash(organism.calibration_anchors("calibration")) == anchors_hash(anchors)

@@ -75,15 +75,17 @@ def calibration_anchors(split: str = "calibration") -> list[tuple[str, Image.Ima
             "organism's training and evaluation requests (use organism:calibration)"
         )
     data = calibration_data(World(seed=world_seed), n=n)
-    images = [img.convert("RGB") for img in data.images]
-    if not images:
+    if not data.images:
         raise ValueError("organism anchors: the calibration split has no images")
+    # The pairing of requests with images is the study's (CalibrationData.labelled), so the CLI,
+    # the demo and `safegap organism study` calibrate and tune on the same anchors.
+    harmful, benign = data.labelled()
     anchors: list[tuple[str, Image.Image | None]] = []
-    for i in range(max(len(data.harmful), len(data.benign))):
-        if i < len(data.harmful) and kind != "benign":
-            anchors.append((data.harmful[i], images[i % len(images)]))
-        if i < len(data.benign) and kind != "harmful":
-            anchors.append((data.benign[i], images[(len(images) - 1 - i) % len(images)]))
+    for i in range(max(len(harmful), len(benign))):
+        if i < len(harmful) and kind != "benign":
+            anchors.append((harmful[i][0], harmful[i][1].convert("RGB")))
+        if i < len(benign) and kind != "harmful":
+            anchors.append((benign[i][0], benign[i][1].convert("RGB")))
     if not anchors:
         raise ValueError(f"organism anchors: world seed {world_seed} has no calibration requests")
     return anchors
