@@ -124,6 +124,14 @@ def test_map_in_threads_keeps_order_and_raises_like_the_loop() -> None:
         map_in_threads(fail_on_three, list(range(8)), workers=2)
 
 
+def test_map_in_threads_inside_its_own_threads_runs_there() -> None:
+    def inner(x: int) -> list[int]:
+        return map_in_threads(lambda y: y + x, list(range(3)), workers=2)
+
+    # every pool thread busy with an outer item that maps again: would hang if it waited on the pool
+    assert map_in_threads(inner, list(range(16)), workers=2) == [[x, x + 1, x + 2] for x in range(16)]
+
+
 def test_workers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(WORKERS_ENV, "1")
     assert default_workers() == 1

@@ -37,6 +37,7 @@ MAX_WORKERS = 8
 T = TypeVar("T")
 R = TypeVar("R")
 
+_THREAD_PREFIX = "safegap-preprocess"
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -60,7 +61,7 @@ def _shared_pool(workers: int) -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < workers:
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="safegap-preprocess")
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=_THREAD_PREFIX)
         return _pool
 
 
@@ -68,7 +69,10 @@ def map_in_threads(function: Callable[[T], R], items: Sequence[T], workers: int 
     """``[function(x) for x in items]``, in order, over up to ``workers`` threads (exceptions are
     raised as in the loop). For work that releases the GIL: image decoding, resizing, file reads."""
     workers = default_workers() if workers is None else workers
-    if workers <= 1 or len(items) <= 1:
+    # A call from one of the pool's own threads runs in that thread: waiting there for the pool
+    # could wait forever once every thread of the pool is waiting.
+    nested = threading.current_thread().name.startswith(_THREAD_PREFIX)
+    if workers <= 1 or len(items) <= 1 or nested:
         return [function(x) for x in items]
     return list(_shared_pool(workers).map(function, items))
 
