@@ -29,12 +29,12 @@ N_ROWS = 2 * MIN_CHUNK  # the fewest images that are split
 
 def build(vlm: VLM, workers: int, texts: list[str], images: list[Image.Image]) -> Any:
     adapter = vlm.adapter
-    adapter._encoder = with_chunked_images(adapter.processor, workers)
-    adapter._encoder_of = adapter.processor
+    default = adapter.encoder
+    adapter.encoder = with_chunked_images(adapter.processor, workers)
     try:
         return vlm.build_inputs(texts, images), adapter.image_processor
     finally:
-        adapter._encoder_of = None  # back to the default encoder on next use
+        adapter.encoder = default
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -148,8 +148,9 @@ class VLMAdapter:
         self.model = model
         self.processor = processor
         self.tokenizer = tokenizer
-        self._encoder: Any = None
-        self._encoder_of: Any = None
+        #: The processor inputs are built with: ``processor`` with its image processor spread over
+        #: CPU cores (:mod:`safegap.models.preprocess`; same outputs, ``processor`` untouched).
+        self.encoder: Any = with_chunked_images(processor)
         self._explicit_layers_path = layers_path is not None
         self._layers_path = layers_path or self.layers_path
         self._layers = self._find_layers()
@@ -198,15 +199,6 @@ class VLMAdapter:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return processor, tokenizer
-
-    @property
-    def encoder(self) -> Any:
-        """The processor inputs are built with: ``processor`` with its image processor spread over
-        CPU cores (:mod:`safegap.models.preprocess`; same outputs, ``processor`` untouched)."""
-        if self._encoder_of is not self.processor:
-            self._encoder = with_chunked_images(self.processor)
-            self._encoder_of = self.processor
-        return self._encoder
 
     @property
     def image_processor(self) -> Any:

@@ -8,9 +8,10 @@ batch use the other cores.
 
 The chunks' outputs are joined only where that is exactly what one call returns: every output a
 tensor (or array) with one entry per image along its first axis and the same trailing shape in
-every chunk (``pixel_values``, ``image_sizes``). Processors whose outputs are laid out otherwise
-(patches of all images flattened together, tiles padded to the batch's largest image) are found
-out on their first batch and from then on run once per batch, as they would without this module.
+every chunk (``pixel_values``, ``image_sizes``). The first batch whose chunks cannot be joined
+(patches of all images flattened together; tiles padded to each chunk's largest image, which
+differ) is processed again in one call, and from then on that processor runs once per batch, as
+it would without this module: no batch after that pays for its images twice.
 
 Workers: ``$SAFEGAP_PREPROCESS_WORKERS`` if set (1 turns this off), else the CPU cores this
 process may use, at most 8.
@@ -82,25 +83,25 @@ def _chunks(items: list[T], workers: int) -> list[list[T]]:
     return [items[i * len(items) // n : (i + 1) * len(items) // n] for i in range(n)]
 
 
-class _NotPerImage(ValueError):
-    """The processor's outputs are not one entry per image: join cannot rebuild one call's result."""
+class _CannotJoin(ValueError):
+    """The chunks' outputs do not add up to one call's result."""
 
 
 def _join(outputs: list[Any], sizes: list[int]) -> dict[str, Any]:
-    """Concatenate per-chunk outputs along the image axis; :class:`_NotPerImage` where the layout
-    is not one entry per image, ``ValueError`` where only this batch's shapes differ."""
+    """Concatenate per-chunk outputs along the image axis (:class:`_CannotJoin` where that would
+    not be one call's result)."""
     keys = list(outputs[0].keys())
     if any(list(o.keys()) != keys for o in outputs):
-        raise _NotPerImage("chunks returned different keys")
+        raise _CannotJoin("chunks returned different keys")
     joined: dict[str, Any] = {}
     for key in keys:
         values = [o[key] for o in outputs]
         if not all(isinstance(v, torch.Tensor | np.ndarray) for v in values):
-            raise _NotPerImage(f"{key} is not a tensor")
+            raise _CannotJoin(f"{key} is not a tensor")
         if any(v.ndim == 0 or v.shape[0] != n for v, n in zip(values, sizes, strict=True)):
-            raise _NotPerImage(f"{key} has no per-image first axis")
+            raise _CannotJoin(f"{key} has no per-image first axis")
         if len({tuple(v.shape[1:]) for v in values}) != 1:
-            raise ValueError(f"{key} differs in shape between chunks")
+            raise _CannotJoin(f"{key} differs in shape between chunks")
         joined[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else np.concatenate(values)
     return joined
 
@@ -113,7 +114,7 @@ class ChunkedImageProcessor:
     def __init__(self, inner: Any, workers: int | None = None) -> None:
         self._inner = inner
         self._workers = default_workers() if workers is None else workers
-        #: False once the processor's outputs proved not to be one entry per image.
+        #: False once a batch's chunks could not be joined (then it runs in one call from then on).
         self.per_image: bool | None = None
 
     @property
@@ -137,10 +138,8 @@ class ChunkedImageProcessor:
         outputs = map_in_threads(lambda chunk: self._inner(chunk, **kwargs), chunks, self._workers)
         try:
             joined = _join(outputs, [len(c) for c in chunks])
-        except _NotPerImage:
+        except _CannotJoin:
             self.per_image = False
-            return self._inner(images, **kwargs)
-        except ValueError:
             return self._inner(images, **kwargs)
         self.per_image = True
         return BatchFeature(joined)
