@@ -39,23 +39,9 @@ def parse_anchor_kind(arg: str) -> tuple[str, str]:
 
 def parse_anchor_arg(arg: str) -> tuple[str, int, int]:
     """``"calibration,world_seed=1,n=8"`` -> ``("calibration", 1, 8)`` (one-line errors)."""
-    parts = [p.strip() for p in arg.split(",") if p.strip()]
-    split = "calibration"
-    if parts and "=" not in parts[0]:
-        split = parts.pop(0)
-    values = {"world_seed": 0, "n": DEFAULT_N}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if not sep or key not in values:
-            raise ValueError(f"organism anchors {arg!r}: unknown option {part!r}; {USAGE}")
-        try:
-            values[key] = int(value)
-        except ValueError:
-            raise ValueError(f"organism anchors {arg!r}: {key}={value.strip()!r} is not an integer") from None
-    if values["n"] < 1:
-        raise ValueError(f"organism anchors {arg!r}: n must be at least 1")
-    return split, values["world_seed"], values["n"]
+    from safegap.organism.world import parse_world_spec
+
+    return parse_world_spec(arg, "organism anchors", USAGE, "calibration", DEFAULT_N)
 
 
 def calibration_anchors(split: str = "calibration") -> list[tuple[str, Image.Image | None]]:

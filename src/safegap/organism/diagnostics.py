@@ -36,7 +36,7 @@ from safegap.organism import scenes
 from safegap.organism.build import default_cache_dir, make_world
 from safegap.organism.config import OrganismConfig
 from safegap.organism.evaluate import filler_of_length
-from safegap.organism.world import REFUSALS, SPLITS, Split, World
+from safegap.organism.world import REFUSALS, SPLITS, Split, World, parse_world_spec
 
 #: Checkpoints of one organism: the stage snapshots and the finished model.
 STAGES: tuple[str, ...] = ("after_stage1", "after_stage2", "final")
@@ -52,27 +52,12 @@ LEVEL = 0.95
 
 def parse_source_arg(arg: str) -> tuple[Split, int, int]:
     """``"eval,world_seed=0,n=64"`` -> ``("eval", 0, 64)``: the split (first part, default eval),
-    the world seed (default 0, the world every model seed is trained and evaluated on) and the
-    requests per kind (default 64); the same spec style as the CMRM anchors (one-line errors)."""
-    usage = "use organism[:SPLIT][,world_seed=S][,n=N]"
-    parts = [p.strip() for p in arg.split(",") if p.strip()]
-    split = "eval"
-    if parts and "=" not in parts[0]:
-        split = parts.pop(0)
-    if split not in SPLITS:
-        raise ValueError(f"organism data {arg!r}: unknown split {split!r} ({', '.join(SPLITS)}); {usage}")
-    values = {"world_seed": 0, "n": DEFAULT_PROMPTS}
-    for part in parts:
-        key, sep, value = (x.strip() for x in part.partition("="))
-        if not sep or key not in values:
-            raise ValueError(f"organism data {arg!r}: unknown option {part!r}; {usage}")
-        try:
-            values[key] = int(value)
-        except ValueError:
-            raise ValueError(f"organism data {arg!r}: {key}={value!r} is not an integer") from None
-    if values["n"] < 1:
-        raise ValueError(f"organism data {arg!r}: n must be at least 1")
-    return split, values["world_seed"], values["n"]  # type: ignore[return-value]
+    the world seed (default 0) and the requests per kind (default 64); the same spec style as the
+    CMRM anchors (:func:`safegap.organism.world.parse_world_spec`)."""
+    split, world_seed, n = parse_world_spec(
+        arg, "organism data", "use organism[:SPLIT][,world_seed=S][,n=N]", "eval", DEFAULT_PROMPTS, SPLITS
+    )
+    return split, world_seed, n  # type: ignore[return-value]
 
 
 def organism_records(world: World, split: Split = "eval", n: int = DEFAULT_PROMPTS) -> list[GapRecord]:

@@ -23,6 +23,33 @@ Split = Literal["train", "calibration", "eval"]
 SPLITS: tuple[Split, ...] = ("train", "calibration", "eval")
 
 
+def parse_world_spec(
+    arg: str, what: str, usage: str, default_split: str, default_n: int, splits: Sequence[str] | None = None
+) -> tuple[str, int, int]:
+    """``"SPLIT,world_seed=S,n=N"`` -> ``(split, S, N)``, the spec style of the organism's data
+    sources (CMRM anchors, gap records); each part optional, one-line errors that start with
+    ``what`` and end with ``usage``. ``splits``: the allowed splits (None: any, checked by the caller).
+    World seed 0 is the world every model seed is trained and evaluated on."""
+    parts = [p.strip() for p in arg.split(",") if p.strip()]
+    split = default_split
+    if parts and "=" not in parts[0]:
+        split = parts.pop(0)
+    if splits is not None and split not in splits:
+        raise ValueError(f"{what} {arg!r}: unknown split {split!r} ({', '.join(splits)}); {usage}")
+    values = {"world_seed": 0, "n": default_n}
+    for part in parts:
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or key not in values:
+            raise ValueError(f"{what} {arg!r}: unknown option {part!r}; {usage}")
+        try:
+            values[key] = int(value)
+        except ValueError:
+            raise ValueError(f"{what} {arg!r}: {key}={value!r} is not an integer") from None
+    if values["n"] < 1:
+        raise ValueError(f"{what} {arg!r}: n must be at least 1")
+    return split, values["world_seed"], values["n"]
+
+
 @dataclass(frozen=True)
 class Category:
     """One harm (or benign) category: actions x objects, with what pretraining says about it."""
