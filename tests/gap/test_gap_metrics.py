@@ -130,7 +130,7 @@ def test_direct_cross_term_routes_agree() -> None:
 @pytest.mark.parametrize("outliers", [True, False])
 def test_streaming_mir_matches_direct(outliers: bool) -> None:
     image, text = token_layers(300, 70, 12, 3, 11)
-    result = stream_gap(chunked(image, text, 7, 3), [0, 1, 2], 12, outliers=outliers)
+    result = stream_gap(chunked(image, text, 7, 3), [0, 1, 2], 12, outliers=outliers, mode="exact")
     per_layer, mir = mir_direct(image, text, outliers=outliers)
     assert result.passes == (3 if outliers else 1)
     for got, want in zip(result.per_layer("fd"), per_layer, strict=True):
@@ -154,7 +154,7 @@ def test_streaming_mir_property(
     n_img: int, n_txt: int, d: int, img_cuts: int, txt_cuts: int, seed: int
 ) -> None:
     image, text = token_layers(n_img, n_txt, d, 2, seed)
-    result = stream_gap(chunked(image, text, img_cuts, txt_cuts), [0, 1], d)
+    result = stream_gap(chunked(image, text, img_cuts, txt_cuts), [0, 1], d, mode="exact")
     per_layer, _ = mir_direct(image, text)
     for got, want in zip(result.per_layer("fd"), per_layer, strict=True):
         assert abs(got - want) <= 1e-6 * max(abs(want), 1e-3)
@@ -164,8 +164,10 @@ def test_token_order_and_batch_split_do_not_change_the_result() -> None:
     image, text = token_layers(240, 50, 8, 2, 13)
     perm_i = torch.randperm(240, generator=gen(0))
     perm_t = torch.randperm(50, generator=gen(1))
-    base = stream_gap(chunked(image, text, 1, 1), [0, 1], 8)
-    shuffled = stream_gap(chunked([x[perm_i] for x in image], [x[perm_t] for x in text], 9, 4), [0, 1], 8)
+    base = stream_gap(chunked(image, text, 1, 1), [0, 1], 8, mode="exact")
+    shuffled = stream_gap(
+        chunked([x[perm_i] for x in image], [x[perm_t] for x in text], 9, 4), [0, 1], 8, mode="exact"
+    )
     for a, b in zip(base.layers, shuffled.layers, strict=True):
         for name in ("fd", "fd_reference_fast", "centroid_l2", "centroid_text_centric", "image_outliers"):
             assert relclose(float(getattr(a, name)), float(getattr(b, name)), 1e-9)
@@ -173,7 +175,7 @@ def test_token_order_and_batch_split_do_not_change_the_result() -> None:
 
 def test_identical_distributions_have_zero_gap() -> None:
     tokens = torch.randn(150, 6, generator=gen(21))
-    result = stream_gap(chunked([tokens], [tokens.clone()], 4, 5), [0], 6)
+    result = stream_gap(chunked([tokens], [tokens.clone()], 4, 5), [0], 6, mode="exact")
     layer = result.layers[0]
     assert abs(layer.fd) <= 1e-9 * (layer.trace_image + layer.trace_text)
     assert layer.centroid_l2 < 1e-12 and layer.centroid_raw < 1e-12
@@ -190,7 +192,7 @@ def test_fd_symmetric_when_modalities_swap() -> None:
 
 def test_streaming_centroids_match_direct() -> None:
     image, text = token_layers(100, 40, 7, 1, 19, outliers=False)
-    layer = stream_gap(chunked(image, text, 5, 2), [0], 7).layers[0]
+    layer = stream_gap(chunked(image, text, 5, 2), [0], 7, mode="exact").layers[0]
     assert relclose(layer.centroid_l2, centroid_gap(image[0], text[0], "l2"), 1e-9)
     assert relclose(layer.centroid_text_centric, centroid_gap(image[0], text[0], "text_centric"), 1e-9)
     assert relclose(layer.centroid_raw, centroid_gap(image[0], text[0], "none"), 1e-9)
@@ -198,7 +200,7 @@ def test_streaming_centroids_match_direct() -> None:
 
 def test_accumulator_rejects_a_changed_stream() -> None:
     image, text = token_layers(50, 20, 4, 1, 23)
-    acc = GapAccumulator([0], 4)
+    acc = GapAccumulator([0], 4, mode="exact")
     acc.update(TokenBatch({0: image[0]}, {0: text[0]}))
     acc.end_pass()
     acc.update(TokenBatch({0: image[0][:40]}, {0: text[0]}))

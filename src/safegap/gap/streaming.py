@@ -14,6 +14,11 @@ token stream three times (see :mod:`safegap.gap.select`):
 MIR's text-centric scaling multiplies both modalities by one scalar, so the outlier rule is
 unchanged by it and the scaled statistics are the raw ones times the scale (squared for
 covariances); scaling is applied at the end. With ``outliers=False`` a single pass suffices.
+
+That is ``mode="exact"``. The default ``mode="fast"`` (:mod:`safegap.gap.onepass`) reads the
+stream once: the outlier set is still exact (all norms kept, extreme-norm rows buffered) and only
+the replacement row's coordinate medians are interpolated from one-pass histograms; its GEMMs are
+float32 summed into float64 unless ``gemm_dtype`` says otherwise.
 """
 
 from __future__ import annotations
@@ -34,10 +39,22 @@ from safegap.gap.metrics import (
     reference_fast_terms,
 )
 from safegap.gap.moments import Moments, ScalarMoments, TokenReservoir
+from safegap.gap.onepass import FastModalityStream
 from safegap.gap.select import RadixSelect
 
 #: Passes over the token stream needed for exact outlier replacement.
 OUTLIER_PASSES = 3
+#: ``"fast"``: one pass, interpolated replacement row; ``"exact"``: three passes, exact medians.
+MODES = ("fast", "exact")
+
+
+def resolve_gemm_dtype(mode: str, gemm_dtype: torch.dtype | None) -> torch.dtype:
+    """The chunk GEMM's dtype: float32 (summed into float64) for the fast mode, else float64."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if gemm_dtype is not None:
+        return gemm_dtype
+    return torch.float32 if mode == "fast" else torch.float64
 
 
 @dataclass
@@ -218,6 +235,7 @@ class GapResult:
     probe_layer: int | None = None
     probe: ProbeResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    mode: str = "exact"
 
     def per_layer(self, name: str) -> list[float]:
         return [float(getattr(layer, name)) for layer in self.layers]
@@ -229,6 +247,7 @@ class GapResult:
                 "total_reference_fast": self.mir_reference_fast,
                 "outlier_replacement": self.outliers,
                 "passes": self.passes,
+                "mode": self.mode,
                 "reproducible_source": self.reproducible,
             },
             "per_layer": [vars(layer).copy() for layer in self.layers],
@@ -242,7 +261,8 @@ class GapAccumulator:
     :meth:`end_pass`, then read :meth:`result`.
 
     ``probe_layer`` keeps a bounded random sample (``probe_capacity`` tokens per modality) of
-    that layer's states for the linear probe.
+    that layer's states for the linear probe. ``mode`` is ``"fast"`` (one pass, two when a
+    buffer overflows) or ``"exact"`` (three passes with outliers); see the module docstring.
     """
 
     def __init__(
@@ -254,17 +274,21 @@ class GapAccumulator:
         probe_capacity: int = 4096,
         seed: int = 0,
         device: str | torch.device = "cpu",
-        gemm_dtype: torch.dtype = torch.float64,
+        gemm_dtype: torch.dtype | None = None,
+        mode: str = "fast",
     ):
         if not layers:
             raise ValueError("no layers given")
+        gemm = resolve_gemm_dtype(mode, gemm_dtype)
         if probe_layer is not None and probe_layer not in layers:
             raise ValueError(f"probe layer {probe_layer} is not among the measured layers {list(layers)}")
         self.layers = list(layers)
         self.dim = dim
         self.outliers = outliers
-        self.image = {i: ModalityStream(dim, outliers, device, gemm_dtype) for i in self.layers}
-        self.text = {i: ModalityStream(dim, outliers, device, gemm_dtype) for i in self.layers}
+        self.mode = mode
+        stream = FastModalityStream if mode == "fast" else ModalityStream
+        self.image = {i: stream(dim, outliers, device, gemm) for i in self.layers}
+        self.text = {i: stream(dim, outliers, device, gemm) for i in self.layers}
         self.probe_layer = probe_layer
         self._probe = (
             (TokenReservoir(probe_capacity, dim, seed), TokenReservoir(probe_capacity, dim, seed + 1))
@@ -275,7 +299,8 @@ class GapAccumulator:
 
     @property
     def passes(self) -> int:
-        return OUTLIER_PASSES if self.outliers else 1
+        """Passes needed; in the fast mode it may turn from 1 to 2 after the first pass."""
+        return max(s.passes for s in (*self.image.values(), *self.text.values()))
 
     @property
     def done(self) -> bool:
@@ -285,8 +310,12 @@ class GapAccumulator:
         for layer in self.layers:
             if layer not in batch.image or layer not in batch.text:
                 raise KeyError(f"batch lacks layer {layer}")
-            self.image[layer].update(batch.image[layer])
-            self.text[layer].update(batch.text[layer])
+            for stream, rows in (
+                (self.image[layer], batch.image[layer]),
+                (self.text[layer], batch.text[layer]),
+            ):
+                if stream.pass_index < stream.passes:
+                    stream.update(rows)
         if self._probe is not None and self.pass_index == 0:
             assert self.probe_layer is not None
             for reservoir, states, groups in (
@@ -299,7 +328,8 @@ class GapAccumulator:
 
     def end_pass(self) -> None:
         for stream in (*self.image.values(), *self.text.values()):
-            stream.end_pass()
+            if stream.pass_index < stream.passes:
+                stream.end_pass()
         self.pass_index += 1
 
     def result(self, probe_seed: int = 0) -> GapResult:
@@ -320,6 +350,7 @@ class GapAccumulator:
             reproducible=reproducible,
             probe_layer=self.probe_layer,
             probe=probe,
+            mode=self.mode,
         )
 
     def _layer_gap(self, layer: int) -> LayerGap:
@@ -363,10 +394,13 @@ def stream_gap(
     probe_capacity: int = 4096,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    gemm_dtype: torch.dtype = torch.float64,
+    gemm_dtype: torch.dtype | None = None,
+    mode: str = "fast",
 ) -> GapResult:
     """Run every pass over ``source`` (called once per pass) and return the per-layer gaps."""
-    accumulator = GapAccumulator(layers, dim, outliers, probe_layer, probe_capacity, seed, device, gemm_dtype)
+    accumulator = GapAccumulator(
+        layers, dim, outliers, probe_layer, probe_capacity, seed, device, gemm_dtype, mode
+    )
     while not accumulator.done:
         for batch in source():
             accumulator.update(batch)
