@@ -152,10 +152,12 @@ def measure_gap(
     seed: int = 0,
     device: str | torch.device = "cpu",
     gemm_dtype: torch.dtype = torch.float64,
+    mode: str = "fast",
 ) -> GapResult:
     """Per-layer MIR, centroid gaps and probe separability between the two token sets of
-    ``records`` (image vs text tokens by default). The model runs once per pass (three passes
-    with ``outliers=True``, see :mod:`safegap.gap.streaming`); memory does not grow with the data.
+    ``records`` (image vs text tokens by default). The model runs once per pass: once in the
+    default ``mode="fast"``, three times with ``mode="exact"`` and ``outliers=True`` (see
+    :mod:`safegap.gap.streaming`); memory does not grow with the data.
     """
     wanted = resolve_layers(layers, vlm.adapter.num_layers)
     probe: int | None
@@ -172,7 +174,7 @@ def measure_gap(
         return iter_token_batches(vlm, records, wanted, batch_size, spans, system, final_norm_last)
 
     result = stream_gap(
-        source, wanted, vlm.adapter.hidden_size, outliers, probe, probe_capacity, seed, device, gemm_dtype
+        source, wanted, vlm.adapter.hidden_size, outliers, probe, probe_capacity, seed, device, gemm_dtype, mode
     )
     return result
 

@@ -90,10 +90,13 @@ def run_gap(
     spans: SpanFn | None = None,
     accumulate_device: str | torch.device = "cpu",
     gemm_dtype: torch.dtype = torch.float64,
+    mir_mode: str = "exact",
 ) -> dict[str, Any]:
     """Modality gap per layer (MIR, centroid, probe), semantic shift and five conditions; writes
     ``gap.json`` and figures to ``out_dir``. Shift needs captions on every record; the five
-    conditions run with or without captions (the caption condition only with).
+    conditions run with or without captions (the caption condition only with). ``mir_mode``:
+    ``"exact"`` (three model passes; the report's default so far, what ``safegap gap`` writes)
+    or ``"fast"`` (one pass; see :mod:`safegap.gap.onepass`).
 
     ``spans`` replaces the image-vs-text token sets (e.g. :func:`substring_text_spans` for a text
     filler standing where the image would be); records then need no image, and shift and
@@ -117,6 +120,7 @@ def run_gap(
         seed=seed,
         device=accumulate_device,
         gemm_dtype=gemm_dtype,
+        mode=mir_mode,
     )
     report: dict[str, Any] = {
         "schema": GAP_SCHEMA,
@@ -133,6 +137,7 @@ def run_gap(
             "final_norm_last": final_norm_last,
             "accumulate_device": str(accumulate_device),
             "gemm_dtype": str(gemm_dtype).replace("torch.", ""),
+            "mir_mode": mir_mode,
             "layer_convention": "decoder layer output k = HF hidden_states[k+1]",
             **_provenance(),
         },
