@@ -78,8 +78,11 @@ def test_more_outliers_than_the_buffer_take_a_second_pass() -> None:
     summary = stream.summary()
     cleaned, replaced = replace_outliers_direct(tokens.double())
     assert summary.outliers == replaced > 64
-    assert torch.allclose(summary.mean, cleaned.mean(0), rtol=1e-4, atol=1e-5)
-    assert torch.allclose(summary.cov, torch.cov(cleaned.T), rtol=1e-3, atol=1e-5)
+    # the outliers' rows are out exactly; the replacement row's coordinates are within half a
+    # histogram bin (about 1e-2 of a spread), weighted by the 5% of rows replaced
+    assert torch.allclose(summary.mean, cleaned.mean(0), rtol=0, atol=1e-3)
+    assert torch.allclose(summary.cov, torch.cov(cleaned.T), rtol=0, atol=1e-3)
+    assert not torch.allclose(summary.cov, torch.cov(tokens.double().T), rtol=0, atol=1e-1)
 
 
 def test_one_pass_with_float64_products_is_exact_on_a_short_stream() -> None:
