@@ -174,7 +174,16 @@ def measure_gap(
         return iter_token_batches(vlm, records, wanted, batch_size, spans, system, final_norm_last)
 
     result = stream_gap(
-        source, wanted, vlm.adapter.hidden_size, outliers, probe, probe_capacity, seed, device, gemm_dtype, mode
+        source,
+        wanted,
+        vlm.adapter.hidden_size,
+        outliers,
+        probe,
+        probe_capacity,
+        seed,
+        device,
+        gemm_dtype,
+        mode,
     )
     return result
 

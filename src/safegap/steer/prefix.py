@@ -18,6 +18,7 @@ from PIL import Image
 
 from safegap.models.hooks import layer_hooks
 from safegap.models.loading import VLM
+from safegap.steer.packed import PREFIX, can_pack, common_head, packed_suffix_states
 
 
 @dataclass
@@ -84,6 +85,18 @@ def _right_pad(rows: list[torch.Tensor], width: int, value: int) -> torch.Tensor
     return torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=value) for r in rows])
 
 
+def _prefix_cache(vlm: VLM, plan: _PrefixPlan) -> Any:
+    """The KV cache of the shared head, one row."""
+    device = vlm.device
+    prefix = vlm.model(
+        input_ids=plan.prefix_ids.to(device),
+        attention_mask=torch.ones_like(plan.prefix_ids).to(device),
+        use_cache=True,
+        **{k_: v.to(device) for k_, v in {**plan.per_image, **plan.per_token_prefix}.items()},
+    )
+    return prefix.cache
+
+
 @torch.inference_mode()
 def shared_prefix_states(
     vlm: VLM,
@@ -98,8 +111,9 @@ def shared_prefix_states(
     With a blank image every corrupted prompt starts with the same tokens and pixels (template
     head + image tokens); that prefix is run once for one row, its KV cache is repeated, and one
     short forward runs every corrupted row's text suffix *and* every text-only prompt (whose
-    prefix columns are masked out). Rows are right-padded so real tokens sit right after the
-    prefix, which keeps sliding-window attention exact. ``None`` when the prompts do not share
+    prefix columns are masked out). Where the decoder allows it the rows are packed end to end
+    (:mod:`safegap.steer.packed`); otherwise they are right-padded so real tokens sit right after
+    the prefix, which keeps sliding-window attention exact. ``None`` when the prompts do not share
     such a prefix (noise images, M-RoPE families, ...): use another layout.
     """
     corrupt_batch = vlm.build_inputs(list(texts), list(corrupted), system)
@@ -112,6 +126,14 @@ def shared_prefix_states(
     pad = int(vlm.tokenizer.pad_token_id)
     text_start = (text_batch["input_ids"].shape[1] - text_batch["attention_mask"].sum(dim=1)).tolist()
     text_rows = [text_batch["input_ids"][r, text_start[r] :] for r in range(k)]
+    if not plan.per_token_suffixes and can_pack(vlm):
+        # the text-only prompts' common template head runs once too, as a packed row of its own
+        head = common_head(text_rows)
+        tails = [r[head:] for r in text_rows] if head else text_rows
+        packed = [*plan.suffixes, *tails, *([text_rows[0][:head]] if head else [])]
+        parents: list[int | None] = [PREFIX] * k + [2 * k if head else None] * k + ([None] if head else [])
+        states = packed_suffix_states(vlm, _prefix_cache(vlm, plan), plan.length, packed, parents, layers)
+        return {i: states[i][k : 2 * k] for i in layers}, {i: states[i][:k] for i in layers}
     lengths = [len(r) for r in plan.suffixes] + [len(r) for r in text_rows]
     width = max(lengths)
     ids = _right_pad([*plan.suffixes, *text_rows], width, pad).to(device)
@@ -129,13 +151,7 @@ def shared_prefix_states(
             for r in range(k)
         ]
         extra[key] = _right_pad([*suffixes, *text_part], width, 0).to(device)
-    prefix = vlm.model(
-        input_ids=plan.prefix_ids.to(device),
-        attention_mask=torch.ones_like(plan.prefix_ids).to(device),
-        use_cache=True,
-        **{k_: v.to(device) for k_, v in {**plan.per_image, **plan.per_token_prefix}.items()},
-    )
-    cache = prefix.cache
+    cache = _prefix_cache(vlm, plan)
     cache.batch_repeat_interleave(2 * k)
     last = torch.tensor(lengths, device=device) - 1
     captured: dict[int, torch.Tensor] = {}
