@@ -8,7 +8,12 @@ STAMP := $(VENV)/.safegap-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck unit bench clean
+# `make bench DEVICE=cuda` runs every benchmark on the GPU (DTYPE=auto: bfloat16 there, float32 on CPU).
+DEVICE ?= cpu
+DTYPE ?= auto
+BENCH_STAMP := $(VENV)/.safegap-bench-deps
+
+.PHONY: install demo test lint typecheck unit bench bench-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +40,19 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# Optional peer library for bench_steer_peers.py. steering-vectors 0.12.2 pins transformers<5,
+# so it goes in without its dependencies (scikit-learn, which it imports, goes in with the bench
+# extra); torch must still be the pinned wheel afterwards.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps steering-vectors==0.12.2
+	$(BIN)/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')"
+	touch $(BENCH_STAMP)
+
+bench-deps: $(BENCH_STAMP)
+
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do $(BIN)/python $$b --device $(DEVICE) --dtype $(DTYPE) || exit 1; done
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -6,22 +6,29 @@ greedy generation, the refusal judge, fsync'ed JSONL writes, the summary) on the
 costs; 2-14 words of text each, one noise image each), at most 32 new tokens, in interleaved
 rounds. The ratio is batch-1 seconds over batch-16 seconds within a round (= samples per second at
 batch 16 over samples per second at batch 1), median over rounds; pairing by round cancels the
-drifts of a shared machine. Target >= 5, the speedup ``/work/shared/research/perf-anchors.md``
-measured for bare ``generate`` on the small model.
+drifts of a shared machine. Target >= 3.5 on the organism.
 
-Model: the organism when a build is available (``--model PATH``, ``$SAFEGAP_ORGANISM``, the
-current configuration's seed-0 build in the safegap organism cache, else any ``organism.json``
-there), otherwise a random tiny LLaVA of the perf-anchors "small" shape: Llama 256 hidden x 4
-layers (MLP 1024, vocabulary 8000; the BPE tokenizer has 512 tokens), CLIP 128 x 2 layers at
-224 px / patch 32 = 49 image tokens (9.2 M parameters). The JSON line says which (``model``).
+Why 3.5 and not the 5x perf-anchors measured for bare ``generate`` on a 9 M-parameter LLaVA: the
+organism has about 1 M parameters, so a request's preprocessing (image resize and normalisation,
+tokenisation) costs about as much as its share of a batch-16 generate. Batching cannot beat the
+time batch 16 still spends building its inputs: ``preprocess_ceiling`` (batch-1 bare seconds /
+batch-16 preprocessing seconds) is that Amdahl bound, measured in the same rounds (near 4 on 2
+cores; see docs/evaluation.md).
 
-For reference the same rounds also time bare ``generate`` (no harness) at both batch sizes:
-``bare_generate_ratio`` is its speedup, ``harness_overhead_batch16`` the harness's time at batch 16
-over bare generate's. On a loaded machine both ratios drop together. ``--threads`` sets torch's
-threads (default 1); image preprocessing uses ``$SAFEGAP_PREPROCESS_WORKERS`` threads (default:
-the cores), reported as ``preprocess_workers``.
+Model: the organism (``--model PATH``, ``$SAFEGAP_ORGANISM``, the current configuration's seed-0
+build in the safegap organism cache, else any ``organism.json`` there; built into the cache once
+when missing, about 2 minutes), or with ``--no-build`` and no build a random tiny LLaVA of the
+perf-anchors "small" shape (Llama 256 x 4, CLIP 128 x 2, 49 image tokens, 9.2 M parameters). The
+JSON lines say which (``model``).
 
-Prints one JSON line: ``{"benchmark": "eval_batch_speedup", "ratio", "target", ...}``.
+The same rounds time the same requests (the harness's texts and noise images, in its batch order)
+through the processor and Hugging Face ``generate`` alone: ``bare_generate_ratio`` is its
+speedup. ``--threads`` sets torch's threads (default 1); image preprocessing uses
+``$SAFEGAP_PREPROCESS_WORKERS`` threads (default: the cores), reported as ``preprocess_workers``.
+``--device``/``--dtype`` as every benchmark (``benchcommon.py``).
+
+Prints two JSON lines: ``eval_batch_speedup`` and ``eval_harness_overhead`` (harness seconds /
+bare seconds at batch 16, median of per-round ratios, target <= 1.05).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +47,9 @@ from typing import Any
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchcommon import add_device_args, machine, resolve, sync  # noqa: E402
 
 from safegap.eval.runner import EvalConfig, run_eval  # noqa: E402
 from safegap.models import VLM, load_vlm  # noqa: E402
@@ -178,58 +189,109 @@ def run_arm(vlm: VLM, csv: Path, out: Path, batch_size: int, max_new_tokens: int
     return seconds, generations
 
 
-def bare_generate_seconds(vlm: VLM, csv: Path, batch_size: int, max_new_tokens: int) -> float:
-    """The same requests through ``safegap.models.generation.generate`` alone (no harness)."""
-    from safegap.data.images import noise_image
-    from safegap.models.generation import generate
+def same_requests(csv: Path) -> tuple[list[str], list[Any]]:
+    """The harness's requests for ``csv`` under the ``noise_image`` condition, in its batch order
+    (longest prompt first): the texts and the very images it generates from."""
+    from safegap.data.benchmarks import load_benchmark
 
-    texts = [line.split(",", 1)[1] for line in csv.read_text().splitlines()[1:]]
-    images = [noise_image(seed=i) for i in range(len(texts))]
+    bench = load_benchmark(f"text_csv:{csv}")
+    requests = [(s, bench.request(s, "noise_image")) for s in bench.samples()]
+    requests.sort(key=lambda sr: -len(sr[1].prompt))  # stable: ties keep sample order
+    texts = [r.prompt for _, r in requests]
+    images = [bench.load_image(r.image, s) if r.image is not None else None for s, r in requests]
+    return texts, images
+
+
+def bare_generate_seconds(
+    vlm: VLM, texts: list[str], images: list[Any], batch_size: int, max_new_tokens: int
+) -> tuple[float, float, list[str]]:
+    """The same requests through the processor and Hugging Face ``generate`` alone (no harness):
+    total seconds, the seconds spent building inputs (preprocessing), the replies."""
+    tok = vlm.tokenizer
+    replies: list[str] = []
+    preprocess = 0.0
+    sync(vlm.device)
     start = time.perf_counter()
-    generate(vlm, texts, images, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return time.perf_counter() - start
+    for i in range(0, len(texts), batch_size):
+        t0 = time.perf_counter()
+        inputs = vlm.build_inputs(texts[i : i + batch_size], images[i : i + batch_size])
+        preprocess += time.perf_counter() - t0
+        out = vlm.model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+        replies += tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    sync(vlm.device)
+    return time.perf_counter() - start, preprocess, [r.strip() for r in replies]
+
+
+def ensure_organism(explicit: str | None, build: bool) -> Path | None:
+    """The organism checkpoint; built once into the safegap organism cache when missing."""
+    found = find_organism(explicit)
+    if found is not None or not build:
+        return found
+    from safegap.organism.build import build_organism, default_cache_dir
+    from safegap.organism.config import OrganismConfig
+
+    config = OrganismConfig()
+    root = default_cache_dir()
+    out = root / f"plain-seed0-{config.digest()}"
+    build_organism(out, seed=0, config=config, cache_dir=root)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint to measure (default: organism if built, else tiny LLaVA)")
+    add_device_args(parser)
+    parser.add_argument("--model", help="checkpoint to measure (default: the organism, built if missing)")
+    parser.add_argument(
+        "--no-build", action="store_true", help="do not build the organism; use the tiny LLaVA"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--samples", type=int, default=64)
     args = parser.parse_args()
+    device, dtype = resolve(args)
     torch.set_num_threads(args.threads)
+    info = machine(device, dtype, args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        organism = find_organism(args.model)
+        organism = ensure_organism(args.model, build=not args.no_build)
         model_path = organism or build_small_llava(root / "model")
-        vlm = load_vlm(model_path)
+        vlm = load_vlm(model_path, dtype=dtype, device=device)
         csv = root / "prompts.csv"
         write_prompts(csv, args.samples)
+        texts, images = same_requests(csv)
         run_arm(vlm, csv, root / "warmup", 16, 4)  # warm-up: first-call costs out of the measurement
+        bare_generate_seconds(vlm, texts[:16], images[:16], 16, 4)
         times: dict[int, list[float]] = {1: [], 16: []}
         bare: dict[int, list[float]] = {1: [], 16: []}
+        preprocess: dict[int, list[float]] = {1: [], 16: []}
         outputs: dict[int, list[str]] = {}
+        bare_out: list[str] = []
         for r in range(args.rounds):
             for batch in (1, 16) if r % 2 == 0 else (16, 1):
                 seconds, generations = run_arm(vlm, csv, root / f"b{batch}-r{r}", batch, args.max_new_tokens)
                 times[batch].append(seconds)
                 outputs[batch] = generations
-                bare[batch].append(bare_generate_seconds(vlm, csv, batch, args.max_new_tokens))
+                total, pre, bare_out = bare_generate_seconds(vlm, texts, images, batch, args.max_new_tokens)
+                bare[batch].append(total)
+                preprocess[batch].append(pre)
         rate = {b: args.samples / statistics.median(t) for b, t in times.items()}
         # Paired per round (both arms ran back to back): drifts of a shared machine cancel.
         paired = [t1 / t16 for t1, t16 in zip(times[1], times[16], strict=True)]
         bare_ratio = statistics.median(b1 / b16 for b1, b16 in zip(bare[1], bare[16], strict=True))
+        # Amdahl: batching cannot beat the time batch 16 still spends preparing its inputs
+        ceiling = statistics.median(b1 / p16 for b1, p16 in zip(bare[1], preprocess[16], strict=True))
         params = sum(p.numel() for p in vlm.model.parameters())
+        model = f"organism:{organism}" if organism else "tiny-llava-256x4 (random, perf-anchors small shape)"
         result: dict[str, Any] = {
             "benchmark": "eval_batch_speedup",
             "ratio": round(statistics.median(paired), 3),
             "ratio_per_round": [round(r, 3) for r in paired],
-            "target": 5.0,
-            "higher_is_better": True,
-            "model": f"organism:{organism}"
-            if organism
-            else "tiny-llava-256x4 (random, perf-anchors small shape)",
+            "target": 3.5,
+            "better": "higher",
+            "model": model,
             "parameters": params,
             "samples": args.samples,
             "max_new_tokens": args.max_new_tokens,
@@ -238,14 +300,35 @@ def main() -> None:
             "batch1_seconds": [round(t, 3) for t in times[1]],
             "batch16_seconds": [round(t, 3) for t in times[16]],
             "bare_generate_ratio": round(bare_ratio, 3),
-            "harness_overhead_batch16": round(statistics.median(times[16]) / statistics.median(bare[16]), 3),
+            "preprocess_ceiling": round(ceiling, 3),
+            "preprocess_seconds_batch16": round(statistics.median(preprocess[16]), 3),
+            "preprocess_seconds_batch1": round(statistics.median(preprocess[1]), 3),
             "outputs_equal": sum(a == b for a, b in zip(outputs[1], outputs[16], strict=True)),
             "rounds": args.rounds,
-            "threads": args.threads,
             "preprocess_workers": default_workers(),
-            "device": str(vlm.device),
+            **info,
         }
-    print(json.dumps(result))
+        overhead = [h / b for h, b in zip(times[16], bare[16], strict=True)]
+        harness: dict[str, Any] = {
+            "benchmark": "eval_harness_overhead",
+            "ratio": round(statistics.median(overhead), 3),
+            "ratio_per_round": [round(r, 3) for r in overhead],
+            "target": 1.05,
+            "better": "lower",
+            "ratio_basis": "harness seconds / processor + HF generate seconds, same requests, batch 16",
+            "batch1_ratio": round(
+                statistics.median(h / b for h, b in zip(times[1], bare[1], strict=True)), 3
+            ),
+            "replies_equal_bare": sum(
+                a == b for a, b in zip(sorted(outputs[16]), sorted(bare_out), strict=True)
+            ),
+            "model": model,
+            "samples": args.samples,
+            "rounds": args.rounds,
+            **info,
+        }
+    print(json.dumps(result), flush=True)
+    print(json.dumps(harness), flush=True)
 
 
 if __name__ == "__main__":

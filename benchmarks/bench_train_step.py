@@ -6,7 +6,8 @@ synthetic rows, batch 8. Each round runs one optimizer step per regulariser on t
 the order rotating between rounds, with the trainer's pieces (``capture_hidden_states``,
 ``LossContext``, the terms); a step is forward, losses, backward and the AdamW update. The clock
 is the thread's CPU time (one torch thread), which shared-machine load barely moves; wall-clock
-ratios are printed beside. Medians over the rounds, a warm-up round dropped.
+ratios are printed beside (on CUDA the clock is wall time). Medians over the rounds, a warm-up round
+dropped. ``--device``/``--dtype`` as every benchmark (``benchcommon.py``).
 
 Prints two JSON lines:
 
@@ -21,12 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchcommon import add_device_args, machine, resolve, sync  # noqa: E402
 
 TEXT = "the quick brown fox jumps over the lazy dog a red circle and a blue square on a white table"
 WORDS = TEXT.split()
@@ -82,20 +88,25 @@ def build_data(root: Path, rows: int) -> Path:
     return path
 
 
-def run_steps(model_dir: Path, data: Path, rounds: int) -> dict[str, dict[str, list[float]]]:
+def run_steps(
+    model_dir: Path, data: Path, rounds: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, dict[str, list[float]]]:
     """Interleave one optimizer step per regulariser per round on the same batch."""
     from safegap.models import load_vlm
     from safegap.train import LossContext, ReGapLoss, TGALoss, add_extra_losses, capture_hidden_states
     from safegap.train.data import AUX_KEYS, IGNORE_INDEX, ConversationEncoder, read_conversations
     from safegap.train.trainer import TrainConfig, configure_trainable
 
-    vlm = load_vlm(model_dir, dtype="float32")
+    vlm = load_vlm(model_dir, dtype=dtype, device=device)
     model = configure_trainable(vlm.model, vlm.adapter, TrainConfig(model="", data="", out=""))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     encoder = ConversationEncoder(vlm.adapter, with_captions=True)
     examples = read_conversations(data)
-    batches = [encoder.collate([encoder.encode(e) for e in examples[i : i + 8]]) for i in range(0, 32, 8)]
+    batches = [
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+        for b in (encoder.collate([encoder.encode(e) for e in examples[i : i + 8]]) for i in range(0, 32, 8))
+    ]
     terms = {"none": [], "regap": [ReGapLoss(warmup_steps=1)], "tga": [TGALoss(layers=(2, 3, 4, 5))]}
     times: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "wall": [], "caption": []} for k in terms}
     order = list(terms)
@@ -103,6 +114,7 @@ def run_steps(model_dir: Path, data: Path, rounds: int) -> dict[str, dict[str, l
         batch = batches[r % len(batches)]
         inputs = {k: v for k, v in batch.items() if k not in AUX_KEYS}
         for reg in order[r % 3 :] + order[: r % 3]:  # rotate who goes first
+            sync(device)
             cpu, wall = time.thread_time(), time.perf_counter()
             with capture_hidden_states(vlm.adapter.decoder_layers) as cap:
                 logits = model(**inputs, use_cache=False).logits[:, :-1]
@@ -118,6 +130,7 @@ def run_steps(model_dir: Path, data: Path, rounds: int) -> dict[str, dict[str, l
             optimizer.zero_grad(set_to_none=True)
             if r == 0:
                 continue  # warm-up round
+            sync(device)
             times[reg]["cpu"].append(time.thread_time() - cpu)
             times[reg]["wall"].append(time.perf_counter() - wall)
             times[reg]["caption"].append(ctx.extras.get("tga/caption_ms", 0.0) / 1000)
@@ -126,18 +139,22 @@ def run_steps(model_dir: Path, data: Path, rounds: int) -> dict[str, dict[str, l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_args(parser)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
+    device, dtype = resolve(args)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        times = run_steps(build_model(root), build_data(root / "data", 32), args.rounds)
-    cpu = {k: statistics.median(v["cpu"]) for k, v in times.items()}
+        times = run_steps(build_model(root), build_data(root / "data", 32), args.rounds, device, dtype)
+    # the thread's CPU time on CPU (load barely moves it); on CUDA the host waits, so wall time
+    clock = "wall" if device.type == "cuda" else "cpu"
+    cpu = {k: statistics.median(v[clock]) for k, v in times.items()}
     wall = {k: statistics.median(v["wall"]) for k, v in times.items()}
     details = {
-        "model": "llava text 256x8, 64 image tokens, projector stage, batch 8, fp32, 1 thread",
+        "model": "llava text 256x8, 64 image tokens, projector stage, batch 8, 1 thread",
         "rounds": args.rounds,
-        "clock": "thread CPU time (wall-clock ratios beside)",
+        "clock": "thread CPU time (wall-clock ratios beside)" if clock == "cpu" else "wall time",
         "step_ms_none": round(cpu["none"] * 1000, 2),
     }
     for name, reg, target, extra in (
@@ -160,6 +177,7 @@ def main() -> None:
             f"step_ms_{reg}": round(cpu[reg] * 1000, 2),
             **extra,
             **details,
+            **machine(device, dtype, 1),
         }
         print(json.dumps(record))
 
