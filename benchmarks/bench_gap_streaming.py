@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--samples", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-memory", action="store_true", help="throughput only (large shapes)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -162,7 +163,9 @@ def main() -> None:
     device, dtype = resolve(args)
     shape = {"layers": args.layers, "hidden": args.dim, "samples_1x": args.samples}
     info = machine(device, dtype, threads=1)
-    if device.type != "cuda":
+    if args.skip_memory:
+        pass
+    elif device.type != "cuda":
         runs = {
             (m, s): run_worker(args, m, s, exact_memory=True)
             for m in ("streaming", "direct")

@@ -85,9 +85,11 @@ def packed_suffix_states(
     rows: Sequence[torch.Tensor],
     parents: Sequence[int | None],
     layers: list[int],
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Last-token states ``{layer: (len(rows), d)}`` of ``rows`` run after a one-row prefix
-    ``cache`` of length ``prefix``, packed into one sequence (``parents``: see :data:`PREFIX`)."""
+    """Last-token states ``{layer: (len(rows), d)}`` of ``rows``, packed into one sequence,
+    after a one-row prefix ``cache`` of length ``prefix`` (``None``/0: none); ``parents``: see
+    :data:`PREFIX`; ``extra``: further model inputs (the pixels of a packed image row)."""
     device = vlm.device
     lengths = [len(r) for r in rows]
     ids = torch.cat([r.to(device) for r in rows])[None]
@@ -110,7 +112,8 @@ def packed_suffix_states(
             attention_mask=mask,
             position_ids=positions,
             cache=cache,
-            use_cache=True,
+            use_cache=cache is not None,
             logits_to_keep=1,
+            **(extra or {}),
         )
     return captured

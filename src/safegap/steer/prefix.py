@@ -18,7 +18,7 @@ from PIL import Image
 
 from safegap.models.hooks import layer_hooks
 from safegap.models.loading import VLM
-from safegap.steer.packed import PREFIX, can_pack, common_head, packed_suffix_states
+from safegap.steer.packed import can_pack, common_head, packed_suffix_states
 
 
 @dataclass
@@ -126,14 +126,18 @@ def shared_prefix_states(
     pad = int(vlm.tokenizer.pad_token_id)
     text_start = (text_batch["input_ids"].shape[1] - text_batch["attention_mask"].sum(dim=1)).tolist()
     text_rows = [text_batch["input_ids"][r, text_start[r] :] for r in range(k)]
-    if not plan.per_token_suffixes and can_pack(vlm):
-        # the text-only prompts' common template head runs once too, as a packed row of its own
+    if not plan.per_token_suffixes and not plan.per_token_prefix and can_pack(vlm):
+        # one forward: the image head, every suffix after it, the text-only prompts' common
+        # template head, every text-only tail after that (rows packed end to end)
         head = common_head(text_rows)
         tails = [r[head:] for r in text_rows] if head else text_rows
-        packed = [*plan.suffixes, *tails, *([text_rows[0][:head]] if head else [])]
-        parents: list[int | None] = [PREFIX] * k + [2 * k if head else None] * k + ([None] if head else [])
-        states = packed_suffix_states(vlm, _prefix_cache(vlm, plan), plan.length, packed, parents, layers)
-        return {i: states[i][k : 2 * k] for i in layers}, {i: states[i][:k] for i in layers}
+        packed = [plan.prefix_ids[0], *plan.suffixes, *tails, *([text_rows[0][:head]] if head else [])]
+        parents: list[int | None] = (
+            [None] + [0] * k + [2 * k + 1 if head else None] * k + ([None] if head else [])
+        )
+        images = {key: v.to(device) for key, v in plan.per_image.items()}
+        states = packed_suffix_states(vlm, None, 0, packed, parents, layers, images)
+        return {i: states[i][k + 1 : 2 * k + 1] for i in layers}, {i: states[i][1 : k + 1] for i in layers}
     lengths = [len(r) for r in plan.suffixes] + [len(r) for r in text_rows]
     width = max(lengths)
     ids = _right_pad([*plan.suffixes, *text_rows], width, pad).to(device)
