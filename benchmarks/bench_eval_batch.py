@@ -2,8 +2,8 @@
 
 Both arms run the real harness (``safegap.eval.runner.run_eval``: images, left-padded batched
 greedy generation, the refusal judge, fsync'ed JSONL writes, the summary) on the same requests
-(``--samples``, default 64: four batches, so the steady state of a run and not one batch's fixed
-costs; 2-14 words of text each, one noise image each), at most 32 new tokens, in interleaved
+(``--samples``, default 256: sixteen batches, so the steady state of a run and not its fixed
+start-up and summary costs, about 50 ms; 2-14 words of text each, one noise image each), at most 32 new tokens, in interleaved
 rounds. The ratio is batch-1 seconds over batch-16 seconds within a round (= samples per second at
 batch 16 over samples per second at batch 1), median over rounds; pairing by round cancels the
 drifts of a shared machine. Target >= 3.5 on the organism.
@@ -34,6 +34,7 @@ bare seconds at batch 16, median of per-round ratios, target <= 1.05).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -41,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,24 +191,25 @@ def run_arm(vlm: VLM, csv: Path, out: Path, batch_size: int, max_new_tokens: int
     return seconds, generations
 
 
-def same_requests(csv: Path) -> tuple[list[str], list[Any]]:
+def same_requests(csv: Path) -> tuple[list[str], list[Callable[[], Any]]]:
     """The harness's requests for ``csv`` under the ``noise_image`` condition, in its batch order
-    (longest prompt first): the texts and the very images it generates from."""
+    (longest prompt first): the texts, and for each a loader of the very image it generates from
+    (loading is part of answering a request, so the bare arm does it inside its clock too)."""
     from safegap.data.benchmarks import load_benchmark
 
     bench = load_benchmark(f"text_csv:{csv}")
     requests = [(s, bench.request(s, "noise_image")) for s in bench.samples()]
     requests.sort(key=lambda sr: -len(sr[1].prompt))  # stable: ties keep sample order
     texts = [r.prompt for _, r in requests]
-    images = [bench.load_image(r.image, s) if r.image is not None else None for s, r in requests]
-    return texts, images
+    loaders = [functools.partial(bench.load_image, r.image, s) for s, r in requests]
+    return texts, loaders
 
 
 def bare_generate_seconds(
-    vlm: VLM, texts: list[str], images: list[Any], batch_size: int, max_new_tokens: int
+    vlm: VLM, texts: list[str], loaders: list[Callable[[], Any]], batch_size: int, max_new_tokens: int
 ) -> tuple[float, float, list[str]]:
-    """The same requests through the processor and Hugging Face ``generate`` alone (no harness):
-    total seconds, the seconds spent building inputs (preprocessing), the replies."""
+    """The same requests through image loading, the processor and Hugging Face ``generate`` alone
+    (no harness): total seconds, seconds spent loading and building inputs, the replies."""
     tok = vlm.tokenizer
     replies: list[str] = []
     preprocess = 0.0
@@ -214,7 +217,8 @@ def bare_generate_seconds(
     start = time.perf_counter()
     for i in range(0, len(texts), batch_size):
         t0 = time.perf_counter()
-        inputs = vlm.build_inputs(texts[i : i + batch_size], images[i : i + batch_size])
+        images = [load() for load in loaders[i : i + batch_size]]
+        inputs = vlm.build_inputs(texts[i : i + batch_size], images)
         preprocess += time.perf_counter() - t0
         out = vlm.model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
@@ -249,7 +253,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=256)
     args = parser.parse_args()
     device, dtype = resolve(args)
     torch.set_num_threads(args.threads)
