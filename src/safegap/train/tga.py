@@ -11,6 +11,9 @@ For each guided layer ``j`` and each row with an image and a caption::
 * ``R_j``: mean of the retrieved-text states in the multimodal pass, for rows that carry a
   retrieved text (the ranking term is dropped for rows without one).
 
+With ``negatives="batch"`` a second ranking term uses the captions of the batch's other rows as
+negatives in ``R``'s place (:mod:`safegap.train.tga_rank`).
+
 The term returns the mean over rows (all processes pooled), optionally decayed linearly to 0
 over training as the authors' code does; the loop multiplies it by ``weight``. The paper's formula is implemented with
 differentiable torch ops (the released code's terms pass through ``math.exp`` and carry no
@@ -48,6 +51,7 @@ import torch.nn.functional as F
 from safegap.models.hooks import layer_hooks
 from safegap.train.distributed import global_sum, global_sum_detached
 from safegap.train.hooks import LossContext
+from safegap.train.tga_rank import NEGATIVES, InBatchRanking, Negatives
 
 CaptionTemplate = Literal["chat", "plain"]
 CAPTION_TEMPLATES: tuple[str, ...] = ("chat", "plain")
@@ -158,6 +162,12 @@ class TGALoss:
     Returns ``L_guide`` averaged over guided rows, times the decay factor when ``decay`` is
     ``linear``; ``weight`` is applied by the loop. ``caption_template`` and ``tokenizer`` are used
     only when the batch carries caption *strings* (``captions``) instead of ``caption_*`` tensors.
+
+    ``negatives="batch"`` adds, per guided layer, ``rank_weight ×`` the in-batch caption ranking of
+    :mod:`safegap.train.tga_rank` (other rows' distinct captions as negatives, with
+    ``rank_margin`` and ``rank_temperature``; the defaults give the paper's softplus form) and
+    logs ``tga/rank``, ``tga/cos_neg``, ``tga/cos_gap``, ``tga/retrieval_acc``, ``tga/rank_rows``.
+    ``"none"`` (the default) computes none of it.
     """
 
     layers: tuple[int, ...]
@@ -167,6 +177,10 @@ class TGALoss:
     caption_template: CaptionTemplate = "chat"
     tokenizer: Any = None
     name: str = "tga"
+    negatives: Negatives = "none"
+    rank_weight: float = 1.0
+    rank_margin: float = 0.0
+    rank_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         self.layers = tuple(sorted(set(int(x) for x in self.layers)))
@@ -174,6 +188,10 @@ class TGALoss:
             raise ValueError("TGA needs at least one layer")
         if self.decay not in ("none", "linear"):
             raise ValueError(f"decay {self.decay!r} not in ('none', 'linear')")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives {self.negatives!r} not in {NEGATIVES}")
+        if not self.rank_temperature > 0:
+            raise ValueError(f"rank_temperature must be > 0, got {self.rank_temperature}")
 
     def decay_factor(self, step: int) -> float:
         if self.decay == "linear":
@@ -249,6 +267,11 @@ class TGALoss:
         cos_rc_sum = torch.zeros((), device=anchor.device)
         n_ranked = torch.zeros((), device=anchor.device)
         elapsed_ms = 0.0
+        in_batch = (
+            InBatchRanking.for_rows(batch, rows, anchor.device, self.rank_margin, self.rank_temperature)
+            if self.negatives == "batch"
+            else None
+        )
         if len(rows) > 0:
             started = time.perf_counter()
             captions = self.caption_states(ctx, rows.to(batch["caption_input_ids"].device), batch)
@@ -271,6 +294,8 @@ class TGALoss:
                     cos_rc = F.cosine_similarity(text, target, dim=-1)
                     local = local + (ranked * F.softplus(cos_rc - cos_ic)).sum()
                     cos_rc_sum = cos_rc_sum + (ranked * cos_rc.detach()).sum()
+                if in_batch is not None:
+                    local = local + self.rank_weight * in_batch.layer_loss(image, target)
         n_rows = float(global_sum_detached(torch.tensor(float(len(rows)), device=anchor.device)))
         value = global_sum(local) / max(n_rows, 1.0)
         stats = global_sum_detached(torch.stack([cos_ic_sum, cos_rc_sum, n_ranked.to(anchor.device)]))
@@ -281,4 +306,6 @@ class TGALoss:
         if float(stats[2]) > 0:
             ctx.extras["tga/cos_rc"] = float(stats[1]) / (float(stats[2]) * per_layer)
         ctx.extras["tga/caption_ms"] = elapsed_ms
+        if in_batch is not None:
+            in_batch.write_stats(ctx.extras, n_rows, per_layer)
         return self.decay_factor(ctx.step) * value
