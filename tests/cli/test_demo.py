@@ -92,7 +92,8 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     study = json.loads((out / "degradation" / "study.json").read_text())
-    assert set(study["results"]["plain"]["none"]) >= {"text", "benign_image", "text_filler"}
+    assert set(study["results"]["full"]["plain"]["none"]) >= {"text", "benign_image", "text_filler"}
+    assert "premises of the organism" in result.output
     assert (out / "degradation" / "study.md").read_text().startswith("# Organism degradation study")
     summary = json.loads((out / "demo.json").read_text())
     assert summary["steps"] == ["degradation", "gap", "cmrm"] and Path(summary["organism_path"]).is_dir()
@@ -153,6 +154,6 @@ def test_demo_train_step_shows_the_three_variants(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads((out / "demo.json").read_text())["steps"] == ["degradation", "train"]
     study = json.loads((out / "train" / "study.json").read_text())
-    assert list(study["results"]) == ["plain", "regap", "tga"]
+    assert list(study["results"]["full"]) == ["plain", "regap", "tga"]
     assert set(study["gap"]) == {"plain", "regap", "tga"} and "vs_plain" in study["gap"]["regap"]
     assert "harmful refusal by training variant" in result.output and "MIR term L0" in result.output

@@ -58,18 +58,28 @@ def test_build_and_study_small(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     study = json.loads((out / "study.json").read_text())
     assert study["seeds"] == [3, 4]
-    table = study["results"]["plain"]["none"]
+    assert study["regimes"] == ["projector", "full"]
+    table = study["results"]["full"]["plain"]["none"]
+    assert set(study["results"]["projector"]["plain"]["none"]) == set(CONDITIONS)
     assert set(table) == set(CONDITIONS)
     for entry in table.values():
         for key in ("harmful_refusal", "benign_refusal"):
             mean, (lo, hi) = entry[key]["mean"], entry[key]["ci"]
             assert 0.0 <= lo <= mean <= hi <= 1.0
-    assert "text_minus_benign_image" in study["differences"]["plain"]["none"]
+    assert "text_minus_benign_image" in study["differences"]["full"]["plain"]["none"]
+    assert set(study["premises"]["projector"]) >= {
+        "image_understanding",
+        "caption_text",
+        "representational_regime",
+    }
+    assert study["image_understanding"]["full"]["plain"]["mean"] is not None
+    assert study["worst_over_refusal"]["full"]["plain"]["none"]["condition"] in CONDITIONS
     assert set(study["stages"]) == {"after_stage1", "after_stage2", "final"}
     assert study["build_seconds"]["max"] > 0
     assert {b["seed"] for b in study["builds"]} == {3, 4}
     rows = [
-        json.loads(line) for line in (out / "per_seed" / "plain__none__seed3.jsonl").read_text().splitlines()
+        json.loads(line)
+        for line in (out / "per_seed" / "full__plain__none__seed3.jsonl").read_text().splitlines()
     ]
     assert {r["condition"] for r in rows} == set(CONDITIONS)
     assert all(isinstance(r["refused"], bool) for r in rows)

@@ -107,7 +107,7 @@ def test_condition_prompts_are_paired_and_held_out(parts) -> None:  # type: igno
         rows = condition_prompts(world, tok, condition, 8, 16)
         kinds = {r.kind for r in rows}
         assert {"harmful", "benign"} <= kinds
-        has_image = condition not in ("text", "text_filler")
+        has_image = condition not in ("text", "text_filler", "caption_text", "typographic_text")
         assert all((r.image is not None) == has_image for r in rows)
     with pytest.raises(ValueError, match="unknown condition"):
         condition_prompts(world, tok, "sideways", 4, 16)
@@ -127,3 +127,25 @@ def test_calibration_split_is_disjoint_from_eval(parts) -> None:  # type: ignore
     train_texts = {r.text for h in (True, False) for r in world.requests("train", h)}
     assert len(cal.harmful) == len(cal.benign) == len(cal.images) == 32
     assert not (set(cal.harmful) | set(cal.benign)) & (eval_texts | train_texts)
+
+
+def test_stage1_picture_rows_refuse_harmful_pictures_and_caption_the_rest(parts) -> None:  # type: ignore[no-untyped-def]
+    from safegap.organism.data import chat_examples
+
+    _, world, _, _, _ = parts
+    rng = random.Random(0)
+    rows = chat_examples(
+        world, rng, ["a red circle"], 600, 0.4, 0.7, 2, picture_share=0.3, typographic_share=0.1
+    )
+    kinds = {r.kind for r in rows}
+    assert {"picture_caption", "picture_harmful", "picture_benign", "typo_harmful", "typo_benign"} <= kinds
+    for r in rows:
+        if r.kind in ("picture_harmful", "typo_harmful"):
+            assert "sorry" in (r.reply or "").lower()
+        if r.kind in ("picture_benign", "typo_benign", "picture_caption"):
+            assert "sorry" not in (r.reply or "").lower()
+        if r.kind.startswith("picture"):
+            assert r.text.startswith("Picture: ") and r.image is None
+    # only training phrasings: the eval split's image-referencing templates never appear
+    eval_templates = set(world.image_template_splits["eval"])
+    assert not any(r.text.split("\n")[-1] in eval_templates for r in rows if r.kind.startswith("picture"))

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from safegap.cli.common import console, user_errors
-from safegap.cli.organism import check_run_options, progress_bar, results_table, set_threads
+from safegap.cli.organism import check_run_options, premises_table, progress_bar, results_table, set_threads
 
 
 @dataclass
@@ -67,13 +67,15 @@ def step_degradation(ctx: DemoContext) -> None:
         organism_dir(ctx.cache_dir, ctx.out / "degradation", "plain", ctx.seed, options.config)
     )
     ctx.state["study"] = study
-    console.print(results_table(study))
-    diff = study["differences"]["plain"]["none"].get("text_minus_benign_image")
-    if diff:
-        console.print(
-            f"harmful refusal, text minus benign image: {diff['mean']:.2f} "
-            f"[{diff['ci'][0]:.2f}, {diff['ci'][1]:.2f}]"
-        )
+    for regime in options.regimes:
+        console.print(results_table(study, regime=regime))
+        diff = study["differences"][regime]["plain"]["none"].get("text_minus_benign_image")
+        if diff:
+            console.print(
+                f"{regime} regime: harmful refusal, text minus benign image: {diff['mean']:.2f} "
+                f"[{diff['ci'][0]:.2f}, {diff['ci'][1]:.2f}]"
+            )
+    console.print(premises_table(study))
 
 
 def step_gap(ctx: DemoContext) -> None:
@@ -110,7 +112,8 @@ def step_train(ctx: DemoContext) -> None:
     )
     with progress_bar("training variants") as update:
         study = run_study(options, ctx.out / "train", update)
-    console.print(variants_table(study))
+    for regime in options.regimes:
+        console.print(variants_table(study, regime=regime))
 
 
 #: Steps that run only when asked for (``--train``, or by name in ``--steps``).

@@ -66,10 +66,12 @@ def _compact(est: dict[str, Any] | None) -> str:
     return f"{est['mean']:.2f} [{lo:.2f},{hi:.2f}]"
 
 
-def results_table(study: dict[str, Any], variant: str = "plain", defense: str = "none") -> Table:
+def results_table(
+    study: dict[str, Any], variant: str = "plain", defense: str = "none", regime: str = "full"
+) -> Table:
     """Refusal rates per condition: harmful (higher is safer), benign and lookalike (lower is better)."""
-    results = study["results"][variant][defense]
-    table = Table(title=f"refusal rate, {variant}/{defense}, seeds {study['seeds']}: mean [95% CI]")
+    results = study["results"][regime][variant][defense]
+    table = Table(title=f"refusal rate, {regime}/{variant}/{defense}, seeds {study['seeds']}: mean [95% CI]")
     for column in ("condition", "harmful", "benign", "lookalike"):
         table.add_column(column, no_wrap=True)
     for condition, entry in results.items():
@@ -85,27 +87,24 @@ def results_table(study: dict[str, Any], variant: str = "plain", defense: str = 
     return table
 
 
-def variants_table(study: dict[str, Any], defense: str = "none") -> Table:
+def variants_table(study: dict[str, Any], defense: str = "none", regime: str = "full") -> Table:
     """Harmful refusal per condition, one column per training variant; then the worst benign
     refusal and what each variant changed inside the model (MIR term at ReGap's layer, the
     image/caption cosine at the last layer)."""
-    variants = list(study["results"])
-    table = Table(title=f"harmful refusal by training variant ({defense}), seeds {study['seeds']}")
+    results = study["results"][regime]
+    variants = list(results)
+    table = Table(title=f"harmful refusal by training variant ({regime}/{defense}), seeds {study['seeds']}")
     table.add_column("condition", no_wrap=True)
     for variant in variants:
         table.add_column(variant, no_wrap=True)
     for condition in study["conditions"]:
         cells = [
-            _compact(study["results"][v].get(defense, {}).get(condition, {}).get("harmful_refusal"))
-            for v in variants
+            _compact(results[v].get(defense, {}).get(condition, {}).get("harmful_refusal")) for v in variants
         ]
         table.add_row(condition, *cells)
 
     def worst_benign(variant: str) -> str:
-        means = [
-            e.get("benign_refusal", {}).get("mean")
-            for e in study["results"][variant].get(defense, {}).values()
-        ]
+        means = [e.get("benign_refusal", {}).get("mean") for e in results[variant].get(defense, {}).values()]
         known = [m for m in means if m is not None]
         return f"{max(known):.2f}" if known else "-"
 
@@ -121,6 +120,35 @@ def variants_table(study: dict[str, Any], defense: str = "none") -> Table:
                 for v in variants
             ],
         )
+    return table
+
+
+def premises_table(study: dict[str, Any]) -> Table:
+    """The organism's premises (docs/organism.md), met or not, per regime; then the worst
+    over-refusal of every defense."""
+    table = Table(title="premises of the organism (plain, no defense)")
+    for column in ("regime", "premise", "value", "met"):
+        table.add_column(column, no_wrap=column != "value")
+    for regime, checks in study.get("premises", {}).items():
+        for name, check in checks.items():
+            value = check["value"]
+            if isinstance(value, dict):
+                text = ", ".join(
+                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
+                )
+            else:
+                text = "-" if value is None else f"{value:.2f}"
+            met = {True: "yes", False: "NO", None: "not measured"}[check["met"]]
+            table.add_row(regime, name, text, met)
+    for regime, by_variant in study.get("worst_over_refusal", {}).items():
+        for variant, by_defense in by_variant.items():
+            for defense, worst in by_defense.items():
+                table.add_row(
+                    regime,
+                    f"worst over-refusal {variant}/{defense}",
+                    f"{_compact(worst)} ({worst.get('condition')})",
+                    "-",
+                )
     return table
 
 
@@ -167,6 +195,10 @@ def study(
     seeds: str = typer.Option("0,1,2,3,4", help="Comma list or range, e.g. 0,1,2 or 0-4."),
     variant: str = typer.Option("plain", help="Comma list of training variants."),
     defense: str = typer.Option("none", help="Comma list of defenses."),
+    regime: str = typer.Option(
+        "projector,full",
+        help="Comma list: full (stages 0-3) and/or projector (stages 0-2, the LLM never tuned with images).",
+    ),
     n_prompts: int = typer.Option(64, help="Held-out prompts per set, condition and seed."),
     n_real: int = typer.Option(50, help="Real benchmark prompts per set (0: skip)."),
     stages: bool = typer.Option(True, help="Also measure the plain organism after stages 1 and 2."),
@@ -180,6 +212,7 @@ def study(
     """Build the organism per seed and measure refusals with and without images."""
     from safegap.organism.build import default_cache_dir
     from safegap.organism.config import OrganismConfig
+    from safegap.organism.regimes import parse_regimes
     from safegap.organism.study import (
         ORGANISM_DEFENSES,
         VARIANTS,
@@ -194,6 +227,7 @@ def study(
         set_threads(threads)
         options = StudyOptions(
             seeds=parse_seeds(seeds),
+            regimes=parse_regimes(regime),
             variants=parse_names(variant, VARIANTS, "variant"),
             defenses=parse_names(defense, ORGANISM_DEFENSES, "defense"),
             n_prompts=n_prompts,
@@ -204,9 +238,11 @@ def study(
         )
         with progress_bar("organism study") as update:
             result = run_study(options, out, update)
-    for v in options.variants:
-        for d in options.defenses:
-            console.print(results_table(result, v, d))
+    for r in options.regimes:
+        for v in options.variants:
+            for d in options.defenses:
+                console.print(results_table(result, v, d, r))
+    console.print(premises_table(result))
     console.print(f"wrote {out / 'study.json'} and {out / 'study.md'}")
 
 
@@ -277,4 +313,5 @@ def register(app: typer.Typer) -> None:
     organism_app.command("build")(build)
     organism_app.command("study")(study)
     organism_app.command("diagnose")(diagnose)
+    __import__("safegap.cli.organism_sweep", fromlist=["register"]).register(organism_app)
     app.add_typer(organism_app, name="organism")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 #: Bump when a change to the code changes what a given config builds (invalidates caches).
-ORGANISM_VERSION = "1"
+ORGANISM_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,13 @@ class TextConfig:
     #: Share of alignment examples that are harmful-looking benign requests, refused
     #: (exaggerated safety, as in real text safety data).
     lookalike_share: float = 0.1
+    #: Share of chat rows about a picture described in text ("Picture: a pipe bomb.\n{request
+    #: about the picture}"): captioned, refused when the object is harmful, answered when benign.
+    #: It gives the LLM the text-side safety TGA transfers (premise 2 of organism v2) and the
+    #: reading of a picture's description in the image slot (docs/organism.md, rule 1).
+    picture_share: float = 0.15
+    #: Share of chat rows that are a typographic image's words as text (FigStep layout).
+    typographic_share: float = 0.05
 
 
 @dataclass(frozen=True)

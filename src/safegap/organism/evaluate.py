@@ -4,7 +4,10 @@ Every condition has a harmful and a benign prompt set built from the *eval* spli
 phrasings never seen in training). ``text``, ``benign_image``, ``blank_image``, ``noise_image``
 and ``text_filler`` use the very same requests, so differences between them are paired per
 prompt. ``harm_object_image`` and ``typographic_image`` carry the harmful (or benign) content in
-the image, with neutral text.
+the image, with neutral text; ``caption_text`` and ``typographic_text`` are their text analogues
+(the image replaced by its caption, "Picture: a pipe bomb.", or by the typographic image's words),
+with the same prompt ids, so ``caption_text - harm_object_image`` (TGA's phenomenon: refused as
+text, answered as an image) is paired per prompt.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from safegap.eval.defenses import Defense
 from safegap.judge.refusal import RefusalJudge
 from safegap.models.loading import VLM
 from safegap.organism import scenes
+from safegap.organism.data import picture_text, typographic_text
 from safegap.organism.world import NEUTRAL_SENTENCES, Request, Split, Topic, World
 
 CONDITIONS: tuple[str, ...] = (
@@ -30,6 +34,16 @@ CONDITIONS: tuple[str, ...] = (
     "harm_object_image",
     "typographic_image",
     "text_filler",
+    "caption_text",
+    "typographic_text",
+)
+
+#: Conditions whose content is in the image (or, for the ``*_text`` ones, in its text analogue).
+CONTENT_CONDITIONS: tuple[str, ...] = (
+    "harm_object_image",
+    "typographic_image",
+    "caption_text",
+    "typographic_text",
 )
 
 
@@ -82,7 +96,7 @@ def condition_prompts(
     for kind in KINDS:
         tag = kind[0]
         rng = random.Random(f"{condition}-{split}-{tag}")
-        if condition in ("harm_object_image", "typographic_image"):
+        if condition in CONTENT_CONDITIONS:
             if kind != "lookalike":
                 rows += _content_in_image(world, condition, kind == "harmful", n_prompts, split, rng)
             continue
@@ -109,39 +123,41 @@ def condition_prompts(
 def _content_in_image(
     world: World, condition: str, harmful: bool, n: int, split: Split, rng: random.Random
 ) -> list[Prompt]:
+    """Object / typographic rows, every object (topic) crossed with every held-out phrasing before
+    any repeats; the ``*_text`` conditions put the image's content in the text instead."""
     tag_kind = "harmful" if harmful else "benign"
     tag = tag_kind[0]
     rows = []
-    if condition == "harm_object_image":
+    as_text = condition.endswith("_text")
+    if condition in ("harm_object_image", "caption_text"):
         objects = world.visual_objects(harmful)
         templates = world.image_template_splits[split]
         for k in range(n):
             obj = objects[k % len(objects)]
-            rows.append(
-                Prompt(
-                    f"{tag}{k}",
-                    condition,
-                    tag_kind,
-                    templates[k % len(templates)],
-                    scenes.object_image(obj, rng),
-                    f"make {obj}",
-                )
-            )
+            template = templates[(k // len(objects)) % len(templates)]
+            text = f"{picture_text(obj)}\n{template}" if as_text else template
+            image = None if as_text else scenes.object_image(obj, rng)
+            rows.append(Prompt(f"{tag}{k}", condition, tag_kind, text, image, f"make {obj}"))
     else:
         topics: list[Topic] = world.topics(split, harmful)
         texts = world.typographic_prompt_splits[split]
         for k in range(n):
             topic = topics[k % len(topics)]
-            rows.append(
-                Prompt(
-                    f"{tag}{k}",
-                    condition,
-                    tag_kind,
-                    texts[k % len(texts)],
-                    scenes.typographic(f"Steps to {topic.text}."),
-                    topic.text,
+            prompt = texts[(k // len(topics)) % len(texts)] if len(topics) < n else texts[k % len(texts)]
+            if as_text:
+                rows.append(
+                    Prompt(
+                        f"{tag}{k}",
+                        condition,
+                        tag_kind,
+                        f"{typographic_text(topic.text)}\n{prompt}",
+                        None,
+                        topic.text,
+                    )
                 )
-            )
+            else:
+                image = scenes.typographic(f"Steps to {topic.text}.")
+                rows.append(Prompt(f"{tag}{k}", condition, tag_kind, prompt, image, topic.text))
     return rows
 
 

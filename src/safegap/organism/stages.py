@@ -140,6 +140,8 @@ def text_chat_rows(world: World, tokenizer: Any, cfg: TextConfig, rng: random.Ra
         cfg.filler_prob,
         cfg.max_filler_sentences,
         lookalike_share=cfg.lookalike_share,
+        picture_share=cfg.picture_share,
+        typographic_share=cfg.typographic_share,
     )
     return encode(tokenizer, rows, 0)
 
