@@ -62,6 +62,7 @@ from safegap.data.benchmarks import (
     resolve_data_dir,
 )
 from safegap.data.benchmarks.base import stable_seed
+from safegap.errors import redact
 from safegap.eval.defenses import Defense
 from safegap.eval.distributed import ProcessGroup, current_group
 from safegap.eval.metrics import summarize
@@ -142,6 +143,7 @@ class EvalConfig:
         (``defense_files``: a shift recalibrated under the same path is a different run)."""
         data = asdict(self)
         out = {k: data[k] for k in IDENTITY_FIELDS}
+        out["judges"] = [redact(spec) for spec in self.judges]  # never write a URL's credentials
         files = {spec: found for spec in self.defenses if (found := defense_files(spec))}
         if files:
             out["defense_files"] = files
