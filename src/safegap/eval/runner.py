@@ -62,7 +62,7 @@ from safegap.data.benchmarks import (
     resolve_data_dir,
 )
 from safegap.data.benchmarks.base import stable_seed
-from safegap.errors import redact
+from safegap.errors import finite_float, redact
 from safegap.eval.defenses import Defense
 from safegap.eval.distributed import ProcessGroup, current_group
 from safegap.eval.metrics import summarize
@@ -84,6 +84,7 @@ from safegap.eval.wrappers import (
     defense_files,
 )
 from safegap.judge.base import JUDGES, Judge, JudgeInput, judge_safely, make_judge
+from safegap.models.checks import check_device
 from safegap.models.preprocess import map_in_threads
 
 #: Settings that define a run's results; a resume must use the same values.
@@ -621,10 +622,13 @@ def check_settings(config: EvalConfig) -> None:
         raise ValueError(f"--limit must be at least 1, got {config.limit}")
     if config.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
+    finite_float(config.temperature, "--temperature")
+    finite_float(config.top_p, "--top-p")
     if config.temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {config.temperature}")
     if not 0 < config.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {config.top_p}")
+    check_device(config.device)
 
 
 def prepare(config: EvalConfig) -> tuple[list[Benchmark], Plan]:
