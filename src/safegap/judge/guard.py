@@ -199,7 +199,9 @@ def load_guard(
             processor = AutoProcessor.from_pretrained(path)
             tokenizer, templater = processor.tokenizer, processor
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=use_safetensors())
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, use_safetensors=use_safetensors()
+            )
             tokenizer = AutoTokenizer.from_pretrained(path)
             templater = tokenizer
     if getattr(templater, "chat_template", None) is None:

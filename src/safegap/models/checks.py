@@ -31,7 +31,9 @@ def check_device(device: str | torch.device | None, what: str = "--device") -> t
         try:
             parsed = torch.device(device)
         except (RuntimeError, ValueError):
-            raise UserError(f"{what} {device!r} is not a device (use e.g. cpu, cuda, cuda:1 or mps)") from None
+            raise UserError(
+                f"{what} {device!r} is not a device (use e.g. cpu, cuda, cuda:1 or mps)"
+            ) from None
     if parsed is None or parsed.type == "cpu" or parsed.type == "meta":
         return parsed
     if parsed.type == "cuda":
@@ -39,7 +41,9 @@ def check_device(device: str | torch.device | None, what: str = "--device") -> t
         if count == 0:
             raise UserError(f"{what} {device}: this machine has no CUDA device")
         if parsed.index is not None and parsed.index >= count:
-            raise UserError(f"{what} {device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+            raise UserError(
+                f"{what} {device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+            )
         return parsed
     if parsed.type == "mps":
         if not torch.backends.mps.is_available():

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
-from safegap.models import families  # noqa: F401  (registers every adapter)
 from safegap.errors import UserError, first_line
+from safegap.models import families  # noqa: F401  (registers every adapter)
 from safegap.models.adapter import ADAPTERS, ImagesArg, VLMAdapter
 from safegap.models.checks import check_device, weight_errors
 
