@@ -38,8 +38,10 @@ class RunLock:
     def __init__(self, folder: Path, rank: int = 0, world_size: int = 1) -> None:
         self.path = folder / (".lock" if world_size == 1 else f".lock.rank-{rank}")
         self._fd = -1
+        self._made = False
 
     def __enter__(self) -> RunLock:
+        self._made = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -62,6 +64,11 @@ class RunLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+            folder = self.path.parent
+            if self._made and [p.name for p in folder.iterdir()] == [self.path.name]:
+                with contextlib.suppress(OSError):  # a run that wrote nothing leaves nothing
+                    self.path.unlink()
+                    folder.rmdir()
 
 
 def prompt_limit(vlm: Any, max_new_tokens: int) -> int | None:

@@ -707,6 +707,10 @@ def run_eval(
     directory is locked for the whole call (:class:`~safegap.eval.run_guard.RunLock`)."""
     group = group or current_group()
     _, plan = prepare(config)
+    if config.strict:
+        for item in plan.items:
+            if item.sample.error:
+                raise SampleError(f"{item.describe()}: {item.sample.error}")
     with RunLock(Path(config.out), group.rank, group.world_size):
         if group.is_main:
             remove_stale_temp_files(Path(config.out))
@@ -726,10 +730,6 @@ def _run_locked(
     config: EvalConfig, plan: Plan, vlm: Any | None, group: ProcessGroup, console: Console
 ) -> EvalResult:
     harness = Harness(config, group, console)
-    if config.strict:
-        for item in plan.items:
-            if item.sample.error:
-                raise SampleError(f"{item.describe()}: {item.sample.error}")
     planned = {it.key for it in plan.items}
     # Every process reads what is already done before any of them writes (the barrier).
     existing = {record_key(r) for r in harness.existing_records()}
