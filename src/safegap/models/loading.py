@@ -17,6 +17,10 @@ from safegap.models.adapter import ADAPTERS, ImagesArg, VLMAdapter
 from safegap.models.checks import check_device, weight_errors
 
 
+class LayersPathError(UserError, AttributeError):
+    """``layers_path`` does not lead to the decoder layers (an ``AttributeError`` as before)."""
+
+
 class UnknownArchitectureError(UserError):
     """Raised for a model type no adapter is registered for."""
 
@@ -140,7 +144,7 @@ def load_vlm(
     except (AttributeError, TypeError, ValueError) as exc:
         if layers_path is None:
             raise
-        raise UserError(f"--layers-path {layers_path!r} for {name}: {first_line(exc)}") from None
+        raise LayersPathError(f"--layers-path {layers_path!r} for {name}: {first_line(exc)}") from None
     return VLM(model=model, processor=processor, tokenizer=tokenizer, adapter=adapter, name_or_path=name)
 
 
