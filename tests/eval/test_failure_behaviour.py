@@ -158,3 +158,26 @@ def test_the_run_lock_refuses_a_second_holder(tmp_path: Path) -> None:
         pass
     with RunLock(tmp_path):  # released
         pass
+
+
+def test_the_cli_exits_1_when_every_verdict_failed(
+    tiny_llava_path: Path, prompts_csv: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from safegap.cli.main import app
+
+    judge = f"openai:http://user:{KEY}@127.0.0.1:9/v1,model=m,retries=0,timeout=2"
+    args = [
+        "eval",
+        "--model",
+        str(tiny_llava_path),
+        "--bench",
+        f"text_csv:{prompts_csv}",
+        "--condition",
+        "text",
+    ]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--judge", judge, "--quiet"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "no sample could be scored (8 errored" in errors[0] and KEY not in result.output
