@@ -8,7 +8,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from safegap.cli.common import console, user_errors
+from safegap.cli.common import Interrupted, console, fail, user_errors
+from safegap.eval.run_guard import RunFailed
+
+
+def saved_records(out: str) -> int:
+    """Complete records on disk in run directory ``out`` (after an interruption)."""
+    from pathlib import Path
+
+    from safegap.eval.records import read_records
+
+    root = Path(out)
+    paths = [root / "samples.jsonl", *sorted((root / "shards").glob("rank-*.jsonl"))]
+    try:
+        return sum(len(read_records(p)) for p in paths)
+    except ValueError:
+        return 0
 
 
 def _fmt(estimate: dict[str, Any] | None) -> str:
@@ -98,6 +113,11 @@ def eval_command(
     layers_path: str | None = typer.Option(
         None, "--layers-path", help="Decoder layers of an unknown family."
     ),
+    long_prompts: str = typer.Option(
+        "error",
+        "--long-prompts",
+        help="A prompt longer than the model takes: error (an errored sample) or truncate (cut, recorded).",
+    ),
     quiet: bool = typer.Option(
         False, "--quiet", help="No progress bars and no result table (see OUT/summary.json)."
     ),
@@ -137,8 +157,18 @@ def eval_command(
             layers_path=layers_path,
             progress=not quiet,
             sort_by_length=not keep_order,
+            long_prompts=long_prompts,
         )
-        result = run_eval(config, console=console)
+        try:
+            result = run_eval(config, console=console)
+        except Interrupted as exc:
+            raise fail(
+                f"interrupted by {exc}: {saved_records(out)} result(s) saved in {out}; "
+                "run the same command with --resume to continue",
+                exc.exit_code,
+            ) from None
+        except RunFailed as exc:
+            raise fail(str(exc), 1) from None
     if result.no_op:
         console.print(
             f"{out}: run already complete ({result.planned} samples); nothing to do", highlight=False

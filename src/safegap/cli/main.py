@@ -6,9 +6,11 @@ from __future__ import annotations
 import typer
 
 from safegap.cli import demo, eval, gap, info, organism, report, steer, train
+from safegap.cli.common import OneLineGroup
 
 app = typer.Typer(
     name="safegap",
+    cls=OneLineGroup,
     help="Safety of vision-language models: modality gap, CMRM steering, ReGap/TGA training, evaluation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, cast
 import typer
 
 from safegap.cli.common import console, user_errors
+from safegap.errors import finite_float
 
 if TYPE_CHECKING:
     from safegap.steer.anchors import CorruptionKind
@@ -62,6 +63,7 @@ def calibrate_cmd(
     With --tune-harmful/--tune-benign, alpha and the vector's form are chosen on those prompts
     (the lowest unsafe rate whose over-refusal stays within --max-over-refusal-rise of alpha 0's)
     and stored in the file, so `--defense cmrm:FILE` applies the vector as tuned."""
+    from safegap.eval.records import check_writable
     from safegap.models import load_vlm
     from safegap.steer.anchors import load_anchors
     from safegap.steer.calibrate import ESTIMATORS, calibrate, check_position
@@ -76,6 +78,7 @@ def calibrate_cmd(
         layer_spec = parse_layers(layers)
         if out.suffix != ".safetensors":
             raise ValueError(f"--out {out}: the file name must end in .safetensors")
+        check_writable(out)
         if (tune_harmful is None) != (tune_benign is None):
             raise ValueError("give both --tune-harmful and --tune-benign, or neither")
         items = load_anchors(anchors, text_column, image_column, limit)
@@ -142,8 +145,7 @@ def generate_cmd(
     device: str | None = typer.Option(None, "--device"),
 ) -> None:
     """Print the model's greedy reply, optionally steered."""
-    from PIL import Image
-
+    from safegap.data.benchmarks.base import open_image
     from safegap.models import load_vlm
     from safegap.models.generation import generate
     from safegap.steer.intervene import resolve_policy
@@ -151,6 +153,7 @@ def generate_cmd(
     from safegap.steer.vector import ShiftVector
 
     with user_errors():
+        finite_float(alpha, "--alpha")
         if shift is not None and sample_level:
             raise ValueError("use either --shift or --sample-level, not both")
         resolve_policy(positions)
@@ -160,8 +163,7 @@ def generate_cmd(
         if image is not None:
             if not image.is_file():
                 raise FileNotFoundError(f"image not found: {image}")
-            with Image.open(image) as img:
-                picture = img.convert("RGB")
+            picture = open_image(image)
         vlm = load_vlm(model, dtype=dtype, device=device, layers_path=layers_path)
         images = [picture] if picture is not None else None
         if sample_level:

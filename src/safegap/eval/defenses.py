@@ -87,6 +87,8 @@ def parse_defense_spec(spec: str) -> DefenseSpec:
     for part in filter(None, (p.strip() for p in rest.split(","))):
         if "=" in part:
             key, _, value = part.partition("=")
+            if key.strip() in options:
+                raise ValueError(f"defense spec {spec!r}: option {key.strip()!r} given twice")
             options[key.strip()] = value.strip()
         elif arg is None:
             arg = part

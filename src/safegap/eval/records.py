@@ -8,6 +8,7 @@ anywhere else is not a crash artefact and is reported, never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -23,7 +24,9 @@ class RunDirError(ValueError):
 
 
 def encode_records(records: Iterable[Record]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
+    return "".join(
+        json.dumps(r, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n" for r in records
+    ).encode("utf-8")
 
 
 def read_records(path: Path, repair: bool = False) -> list[Record]:
@@ -67,6 +70,7 @@ class RecordWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._syncing: threading.Thread | None = None
         self._sync_error: OSError | None = None
+        self._pending_start = 0
 
     def append(self, records: Sequence[Record]) -> None:
         """Write one batch. Its ``fsync`` runs on a thread while the caller goes on (the next
@@ -76,12 +80,22 @@ class RecordWriter:
             return
         self.wait()
         data = encode_records(records)
-        written = os.write(self._fd, data)
-        while written < len(data):  # regular files write everything at once; be safe anyway
-            written += os.write(self._fd, data[written:])
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # regular files write everything at once; be safe anyway
+                written += os.write(self._fd, data[written:])
+        except OSError as exc:  # e.g. a full disk: cut what part of the batch got in, name the file
+            self._cut(start)
+            raise OSError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from None
         if self.sync:
+            self._pending_start = start
             self._syncing = threading.Thread(target=self._fsync, daemon=True)
             self._syncing.start()
+
+    def _cut(self, start: int) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, start)
 
     def _fsync(self) -> None:
         try:
@@ -90,13 +104,15 @@ class RecordWriter:
             self._sync_error = error
 
     def wait(self) -> None:
-        """Block until the last batch is on disk (raise its ``fsync`` error, if any)."""
+        """Block until the last batch is on disk; if its ``fsync`` failed, cut that batch off
+        again and raise the error, naming the file."""
         if self._syncing is not None:
             self._syncing.join()
             self._syncing = None
         if self._sync_error is not None:
             error, self._sync_error = self._sync_error, None
-            raise error
+            self._cut(self._pending_start)
+            raise OSError(error.errno, f"cannot write {self.path}: {error.strerror or error}") from None
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -118,11 +134,18 @@ def write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
     ``sync_dir=False`` leaves the directory's ``fsync`` to a following :func:`sync_dir` (one for
     several files written together)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:  # a full disk or a signal: leave no half-written temp file
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
     if sync_dir:
         fsync_dir(path.parent)
 
@@ -142,6 +165,38 @@ def fsync_dir(folder: Path) -> None:
 def write_json_atomic(path: Path, obj: Any, sync_dir: bool = True) -> None:
     write_atomic(
         path,
-        (json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8"),
+        (json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n").encode(
+            "utf-8"
+        ),
         sync_dir=sync_dir,
     )
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete ``.NAME.tmpPID`` files an earlier process left in ``folder`` (a full disk or a kill
+    during :func:`write_atomic`); only called under the run's lock, so none is in use."""
+    removed = []
+    for tmp in folder.glob(".*.tmp*") if folder.is_dir() else ():
+        if tmp.is_file() and tmp.name.rpartition(".tmp")[2].isdigit():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, naming ``path``, if a file cannot be created next to it (a read-only or full
+    filesystem, a missing parent that cannot be made), before any long computation."""
+    folder = path.parent
+    probe = folder / f".{path.name}.probe{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * 4096)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()

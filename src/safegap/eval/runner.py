@@ -62,6 +62,7 @@ from safegap.data.benchmarks import (
     resolve_data_dir,
 )
 from safegap.data.benchmarks.base import stable_seed
+from safegap.errors import finite_float, redact
 from safegap.eval.defenses import Defense
 from safegap.eval.distributed import ProcessGroup, current_group
 from safegap.eval.metrics import summarize
@@ -72,8 +73,17 @@ from safegap.eval.records import (
     encode_records,
     fsync_dir,
     read_records,
+    remove_stale_temp_files,
     write_atomic,
     write_json_atomic,
+)
+from safegap.eval.run_guard import (
+    LONG_PROMPT_POLICIES,
+    RunLock,
+    check_outcome,
+    count_problems,
+    fit_prompt,
+    prompt_limit,
 )
 from safegap.eval.wrappers import (
     build_defense,
@@ -83,6 +93,7 @@ from safegap.eval.wrappers import (
     defense_files,
 )
 from safegap.judge.base import JUDGES, Judge, JudgeInput, judge_safely, make_judge
+from safegap.models.checks import check_device
 from safegap.models.preprocess import map_in_threads
 
 #: Settings that define a run's results; a resume must use the same values.
@@ -100,8 +111,8 @@ IDENTITY_FIELDS = (
 )
 
 
-#: Keys of ``config.json`` compared on resume.
-IDENTITY_KEYS = (*IDENTITY_FIELDS, "defense_files")
+#: Keys of ``config.json`` compared on resume (``long_prompts`` only written when not the default).
+IDENTITY_KEYS = (*IDENTITY_FIELDS, "defense_files", "long_prompts")
 
 
 class SampleError(ValueError):
@@ -136,15 +147,20 @@ class EvalConfig:
     #: Batch rows by prompt length (longest first) instead of in benchmark order. Greedy results
     #: are the same either way; with sampling, a batch's seed covers different rows.
     sort_by_length: bool = True
+    #: A prompt longer than the model takes: ``error`` (an errored sample) or ``truncate``.
+    long_prompts: str = "error"
 
     def identity(self) -> dict[str, Any]:
         """The defining arguments, plus the content hash of every file a defense spec names
         (``defense_files``: a shift recalibrated under the same path is a different run)."""
         data = asdict(self)
         out = {k: data[k] for k in IDENTITY_FIELDS}
+        out["judges"] = [redact(spec) for spec in self.judges]  # never write a URL's credentials
         files = {spec: found for spec in self.defenses if (found := defense_files(spec))}
         if files:
             out["defense_files"] = files
+        if self.long_prompts != "error":
+            out["long_prompts"] = self.long_prompts
         return out
 
     def generation_kwargs(self) -> dict[str, Any]:
@@ -439,10 +455,29 @@ class Harness:
             "verdicts": [],
         }
 
+    def fit(self, item: WorkItem, request: Request) -> tuple[Request, str | None, bool]:
+        """``request`` with a prompt that fits the model (or the error saying it does not)."""
+        tokenizer = getattr(self.vlm, "tokenizer", None)
+        if tokenizer is None:
+            return request, None, False
+        limit = prompt_limit(self.vlm, self.config.max_new_tokens)
+        prompt, error, cut = fit_prompt(tokenizer, request.prompt, limit, self.config.long_prompts)
+        return (Request(prompt, request.image) if cut else request), error, cut
+
     def run_batch(self, batch: Batch, items: Sequence[WorkItem]) -> list[Record]:
         records: dict[int, Record] = {}
         ready: list[tuple[WorkItem, Request, Image.Image | None]] = []
+        truncated: set[int] = set()
         for item, (request, loaded) in zip(items, map_in_threads(_load_item, items), strict=True):
+            too_long: str | None = None
+            if request is not None and not isinstance(loaded, Exception) and not item.sample.error:
+                request, too_long, cut = self.fit(item, request)
+                if cut:
+                    truncated.add(item.index)
+            if too_long is not None:
+                self._problem(item, too_long)
+                records[item.index] = {**self.base_record(item, request), "error": too_long}
+                continue
             if item.sample.error:
                 self._problem(item, item.sample.error)
                 records[item.index] = {**self.base_record(item, None), "error": item.sample.error}
@@ -466,6 +501,13 @@ class Harness:
                     records[item.index] = record
                     continue
                 record["generation"] = reply
+                if item.index in truncated:
+                    record["prompt_truncated"] = True
+                if not str(reply).strip():  # e.g. a NaN shift: recorded, never judged
+                    record["empty_generation"] = True
+                    self._problem(item, "empty generation")
+                    records[item.index] = record
+                    continue
                 if detail:
                     record["defense_details"] = detail
                 records[item.index] = record
@@ -606,10 +648,11 @@ class Harness:
             **self.config.identity(),
             "judge_ids": judges,
             "n_records": len(records),
-            "n_errors": sum(bool(r.get("error")) for r in records),
+            **count_problems(records),
             "skipped_conditions": plan.skipped,
         }
         write_json_atomic(self.out / "summary.json", summary)
+        check_outcome(records, self.out)
         return summary
 
 
@@ -619,15 +662,20 @@ def check_settings(config: EvalConfig) -> None:
         raise ValueError(f"--limit must be at least 1, got {config.limit}")
     if config.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {config.max_new_tokens}")
+    finite_float(config.temperature, "--temperature")
+    finite_float(config.top_p, "--top-p")
     if config.temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {config.temperature}")
     if not 0 < config.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {config.top_p}")
+    check_device(config.device)
 
 
 def prepare(config: EvalConfig) -> tuple[list[Benchmark], Plan]:
     """Load and validate benchmarks and names, and plan the work (no model needed)."""
     check_settings(config)
+    if config.long_prompts not in LONG_PROMPT_POLICIES:
+        raise ValueError(f"--long-prompts {config.long_prompts!r}: use {' or '.join(LONG_PROMPT_POLICIES)}")
     context = DataContext(
         resolve_data_dir(config.data_dir), resolve_benign_images(config.benign_images), config.model
     )
@@ -655,15 +703,33 @@ def run_eval(
     group: ProcessGroup | None = None,
     console: Console | None = None,
 ) -> EvalResult:
-    """Run (or resume, or skip when finished) the evaluation described by ``config``."""
+    """Run (or resume, or skip when finished) the evaluation described by ``config``; the run
+    directory is locked for the whole call (:class:`~safegap.eval.run_guard.RunLock`)."""
     group = group or current_group()
-    console = console or Console(stderr=True)
-    harness = Harness(config, group, console)
     _, plan = prepare(config)
     if config.strict:
         for item in plan.items:
             if item.sample.error:
                 raise SampleError(f"{item.describe()}: {item.sample.error}")
+    with RunLock(Path(config.out), group.rank, group.world_size):
+        if group.is_main:
+            remove_stale_temp_files(Path(config.out))
+        return _run_locked(config, plan, vlm, group, console or Console(stderr=True))
+
+
+def _finished_summary(path: Path) -> dict[str, Any] | None:
+    """The summary of a finished run, or None when it is corrupt (then regenerated)."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    return found if isinstance(found, dict) and "metrics" in found else None
+
+
+def _run_locked(
+    config: EvalConfig, plan: Plan, vlm: Any | None, group: ProcessGroup, console: Console
+) -> EvalResult:
+    harness = Harness(config, group, console)
     planned = {it.key for it in plan.items}
     # Every process reads what is already done before any of them writes (the barrier).
     existing = {record_key(r) for r in harness.existing_records()}
@@ -673,15 +739,9 @@ def run_eval(
     out = harness.out
     if done == planned:
         summary_path = out / "summary.json"
-        if summary_path.exists() and not (out / "shards").exists():
-            return EvalResult(
-                out,
-                json.loads(summary_path.read_text(encoding="utf-8")),
-                len(planned),
-                0,
-                len(done),
-                no_op=True,
-            )
+        finished = _finished_summary(summary_path) if summary_path.exists() else None
+        if finished is not None and not (out / "shards").exists():
+            return EvalResult(out, finished, len(planned), 0, len(done), no_op=True)
         summary = harness.finalize(plan) if group.is_main else None
         group.barrier()
         return EvalResult(out, summary, len(planned), 0, len(done))

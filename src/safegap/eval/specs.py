@@ -37,6 +37,8 @@ def parse_spec(spec: str, kind: str = "plug-in") -> Spec:
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
         if eq and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            if key.strip() in options:
+                raise ValueError(f"{kind} spec {spec!r}: option {key.strip()!r} given twice")
             options[key.strip()] = value.strip()
         elif arg is None:
             arg = part

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safegap.errors import read_text
 from safegap.eval.defenses import DEFENSES, Defense, DefenseSpec, NoDefense, make_defense, parse_defense_spec
 from safegap.judge.refusal import normalise
 from safegap.models.adapter import ImagesArg, per_row_images
@@ -161,7 +162,7 @@ def _system_prompt_text(arg: str | None) -> str:
         return DEFAULT_SAFETY_PROMPT
     path = existing_file(arg)
     if path is not None:
-        text = path.read_text(encoding="utf-8").strip()
+        text = read_text(path).strip()
         if not text:
             raise ValueError(f"defense system_prompt: file {path} is empty")
         return text

@@ -158,6 +158,11 @@ class GuardJudge:
         return [parse_guard_output(t) for t in texts]
 
 
+def looks_like_path(name: str) -> bool:
+    """A guard spec meant as a local directory: a hub id is ``org/name`` and nothing more."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") != 1 or Path(name).exists()
+
+
 def load_guard(
     path: str,
     device: str | None = None,
@@ -171,20 +176,34 @@ def load_guard(
 
     if content_format not in ("auto", "parts", "string"):
         raise ValueError(f"guard judge: content must be auto, parts or string, got {content_format!r}")
-    config = AutoConfig.from_pretrained(path)
-    vision = getattr(config, "vision_config", None) is not None
-    torch_dtype = getattr(torch, dtype) if dtype else "auto"
-    model: Any
-    if vision:
-        from transformers import AutoProcessor
+    from safegap.models.checks import check_device, use_safetensors, weight_errors
+    from safegap.models.loading import check_local_path
 
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
-        processor = AutoProcessor.from_pretrained(path)
-        tokenizer, templater = processor.tokenizer, processor
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        templater = tokenizer
+    if looks_like_path(path) and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"guard judge: checkpoint path {path!r} does not exist")
+    check_local_path(path)
+    check_device(device, "guard judge device")
+    torch_dtype = getattr(torch, dtype, None) if dtype else "auto"
+    if torch_dtype is None:
+        raise ValueError(f"guard judge: unknown dtype {dtype!r}")
+    model: Any
+    with weight_errors(f"guard judge {path}"):
+        config = AutoConfig.from_pretrained(path)
+        vision = getattr(config, "vision_config", None) is not None
+        if vision:
+            from transformers import AutoProcessor
+
+            model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=torch_dtype, use_safetensors=use_safetensors()
+            )
+            processor = AutoProcessor.from_pretrained(path)
+            tokenizer, templater = processor.tokenizer, processor
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, use_safetensors=use_safetensors()
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            templater = tokenizer
     if getattr(templater, "chat_template", None) is None:
         raise ValueError(f"guard judge {path}: the checkpoint has no chat template")
     tokenizer.padding_side = "left"

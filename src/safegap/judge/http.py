@@ -6,6 +6,12 @@ are bounded: a per-request timeout, a few retries with backoff on 429/5xx/connec
 small thread pool and a hard cap on the number of requests one judge object may send. The API
 key is read from an environment variable at request time and never stored, printed or logged.
 
+Redirects are never followed: urllib would re-send the ``Authorization`` header to wherever a
+301/302/303/307/308 points (another host or port) and score that answer as a verdict, so a
+redirect is an errored verdict naming the status and the location. Credentials written inside
+the URL (``http://user:key@host/v1``) are taken out of it (sent as HTTP Basic auth to the same
+host only) and redacted wherever the spec is shown or saved (:func:`safegap.errors.redact`).
+
 Spec: ``openai:URL,model=NAME[,api_key_env=VAR,timeout=S,retries=N,concurrency=N,
 max_requests=N,send_image=true]``; ``URL`` is the API base (``http://host:port/v1``) or the full
 ``.../chat/completions`` endpoint.
@@ -14,6 +20,7 @@ max_requests=N,send_image=true]``; ``URL`` is the API base (``http://host:port/v
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -28,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from safegap.errors import redact, split_credentials
 from safegap.eval.specs import Spec
 from safegap.judge.base import JudgeInput, Verdict
 
@@ -69,6 +77,16 @@ class RequestBudgetExceeded(RuntimeError):
     pass
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Turns every redirect into an ``HTTPError`` (the credentials stay with the judge's host)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects())
+
+
 @dataclass
 class OpenAIJudge:
     url: str
@@ -83,6 +101,10 @@ class OpenAIJudge:
     name: str = "openai"
     requests_sent: int = field(default=0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _userinfo: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.url, self._userinfo = split_credentials(self.url)
 
     @property
     def version(self) -> str:
@@ -134,7 +156,7 @@ class OpenAIJudge:
             answer = self._post(body)
         except (RequestBudgetExceeded, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             return Verdict(
-                error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+                error=redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[:200]
             )
         return parse_http_answer(answer)
 
@@ -143,6 +165,8 @@ class OpenAIJudge:
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        elif self._userinfo:
+            headers["Authorization"] = "Basic " + base64.b64encode(self._userinfo.encode()).decode()
         delay = 0.5
         for attempt in range(self.retries + 1):
             with self._lock:
@@ -153,10 +177,17 @@ class OpenAIJudge:
                 self.requests_sent += 1
             request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                with _OPENER.open(request, timeout=self.timeout) as response:
                     payload = json.loads(response.read().decode("utf-8"))
                 return str(payload["choices"][0]["message"]["content"])
             except urllib.error.HTTPError as exc:
+                with contextlib.closing(exc):
+                    location = exc.headers.get("Location") if exc.headers else None
+                if 300 <= exc.code < 400:
+                    raise OSError(
+                        f"HTTP {exc.code} redirect from {self.endpoint} to {redact(str(location or '?'))} "
+                        "(not followed: the API key stays with the judge's host)"
+                    ) from None
                 retryable = exc.code == 429 or exc.code >= 500
                 if not retryable or attempt == self.retries:
                     raise OSError(f"HTTP {exc.code} from {self.endpoint}") from None

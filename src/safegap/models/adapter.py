@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from safegap.models.checks import use_safetensors
 from safegap.models.preprocess import with_chunked_images
 
 #: Per-row images: ``None`` for an all-text batch, else one image (or ``None``) per row.
@@ -170,7 +171,10 @@ class VLMAdapter:
                 f"(transformers reads GGUF for text architectures); {cls.family} is a VLM family"
             )
         return AutoModelForImageTextToText.from_pretrained(  # type: ignore[no-any-return]
-            name_or_path, dtype=dtype or "auto", trust_remote_code=trust_remote_code
+            name_or_path,
+            dtype=dtype or "auto",
+            trust_remote_code=trust_remote_code,
+            use_safetensors=use_safetensors(),
         )
 
     @classmethod

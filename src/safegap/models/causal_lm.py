@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchFeature, PreTrainedModel
 
 from safegap.models.adapter import ImagesArg, VLMAdapter, per_row_images, register_adapter
+from safegap.models.checks import use_safetensors
 
 
 @register_adapter
@@ -46,7 +47,9 @@ class CausalLMAdapter(VLMAdapter):
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
     ) -> PreTrainedModel:
-        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        extra: dict[str, Any] = (
+            {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": use_safetensors()}
+        )
         return AutoModelForCausalLM.from_pretrained(  # type: ignore[no-any-return]
             name_or_path, dtype=dtype or "auto", trust_remote_code=trust_remote_code, **extra
         )

@@ -11,11 +11,17 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
+from safegap.errors import UserError, first_line
 from safegap.models import families  # noqa: F401  (registers every adapter)
 from safegap.models.adapter import ADAPTERS, ImagesArg, VLMAdapter
+from safegap.models.checks import check_device, weight_errors
 
 
-class UnknownArchitectureError(ValueError):
+class LayersPathError(UserError, AttributeError):
+    """``layers_path`` does not lead to the decoder layers (an ``AttributeError`` as before)."""
+
+
+class UnknownArchitectureError(UserError):
     """Raised for a model type no adapter is registered for."""
 
 
@@ -110,6 +116,7 @@ def load_vlm(
     """
     name = str(name_or_path)
     check_local_path(name)
+    target = check_device(device)
     if isinstance(dtype, str):
         resolved = getattr(torch, dtype, None)
         if not isinstance(resolved, torch.dtype):
@@ -122,14 +129,22 @@ def load_vlm(
             "(pip install gguf, or the safegap[smollm2] extra)"
         )
     extra = {"gguf_file": gguf_file} if gguf_file else {}
-    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
-    cls = adapter_class(config.model_type, layers_path)
-    model = cls.load_model(source, dtype, trust_remote_code, gguf_file)
-    if device is not None:
-        model.to(torch.device(device))  # type: ignore[arg-type]
-    model.eval()
-    processor, tokenizer = cls.load_processor(source, trust_remote_code, gguf_file)
-    adapter = cls(model, processor, tokenizer, layers_path=layers_path)
+    with weight_errors(name):
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
+        cls = adapter_class(config.model_type, layers_path)
+        model = cls.load_model(source, dtype, trust_remote_code, gguf_file)
+        if target is not None:
+            model.to(target)  # type: ignore[arg-type]
+        model.eval()
+        processor, tokenizer = cls.load_processor(source, trust_remote_code, gguf_file)
+    try:
+        adapter = cls(model, processor, tokenizer, layers_path=layers_path)
+        if layers_path is not None:
+            adapter.decoder_layers  # noqa: B018 - resolve the path now, while the error is clear
+    except (AttributeError, TypeError, ValueError) as exc:
+        if layers_path is None:
+            raise
+        raise LayersPathError(f"--layers-path {layers_path!r} for {name}: {first_line(exc)}") from None
     return VLM(model=model, processor=processor, tokenizer=tokenizer, adapter=adapter, name_or_path=name)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from safegap.data.images import BLANK_COLOR, DEFAULT_SIZE, blank_image, noise_image
+from safegap.errors import first_line, read_text
 
 Anchor = tuple[str, Image.Image | None]
 CorruptionKind = Literal["blank", "noise"]
@@ -132,8 +134,12 @@ def _open_image(path_text: str, base: Path, where: str) -> Image.Image:
         path = base / path
     if not path.is_file():
         raise FileNotFoundError(f"{where}: image not found: {path}")
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{where}: corrupt image {path}: {first_line(exc)}") from None
 
 
 def _rows_to_anchors(
@@ -171,15 +177,15 @@ def load_anchors(
         suffix = path.suffix.lower()
         base = path.parent
         if suffix == ".txt":
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_text(path).splitlines()
             anchors = [(ln.strip(), None) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         elif suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as handle:
-                rows = [(f"{path.name} row {i + 2}", dict(r)) for i, r in enumerate(csv.DictReader(handle))]
+            reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+            rows = [(f"{path.name} row {i + 2}", dict(r)) for i, r in enumerate(reader)]
             anchors = _rows_to_anchors(rows, base, text_column, image_column)
         elif suffix in (".jsonl", ".json"):
             parsed = []
-            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            for i, line in enumerate(read_text(path).splitlines()):
                 if not line.strip():
                     continue
                 try:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from safegap.errors import UserError, finite_float
 from safegap.eval.defenses import DEFENSES, Defense, DefenseSpec
 from safegap.judge.refusal import RefusalJudge
 from safegap.models.adapter import ImagesArg
@@ -29,7 +30,7 @@ from safegap.models.generation import generate
 from safegap.models.loading import VLM
 from safegap.steer.anchors import Anchor
 from safegap.steer.calibrate import calibrate
-from safegap.steer.intervene import DEFAULT_POSITIONS, Layers, resolve_policy
+from safegap.steer.intervene import DEFAULT_POSITIONS, Layers, resolve_policy, resolve_steer_layers
 from safegap.steer.sample import generate_sample_level
 from safegap.steer.sweep import DEFAULT_ALPHAS, SweepPoint, alpha_sweep, select_alpha
 from safegap.steer.vector import ShiftVector
@@ -50,9 +51,20 @@ def parse_layers(text: str) -> Layers:
 
 def _alpha(options: dict[str, str], spec: DefenseSpec) -> float:
     try:
-        return float(options.get("alpha", "1.0"))
-    except ValueError:
-        raise ValueError(f"defense {spec}: alpha={options['alpha']!r} is not a number") from None
+        return finite_float(options.get("alpha", "1.0"), "alpha")
+    except ValueError as exc:
+        raise UserError(f"defense {spec}: {exc}") from None
+
+
+def check_layers(spec: DefenseSpec, layers: Layers, available: Sequence[int], num_layers: int) -> None:
+    """A ``layers=`` the model or vector does not have fails when the defense is built, not as a
+    run of errored samples."""
+    try:
+        resolve_steer_layers(layers, available)
+    except ValueError as exc:
+        raise UserError(
+            f"defense {spec}: layers={spec.options.get('layers')}: {exc} (the model has {num_layers} layers)"
+        ) from None
 
 
 def _check_options(spec: DefenseSpec, allowed: set[str]) -> None:
@@ -144,6 +156,7 @@ def make_cmrm(spec: DefenseSpec, vlm: VLM) -> Defense:
     if form == "increments":
         shift = shift.increments()
     layers = parse_layers(options.get("layers", "all"))
+    check_layers(spec, layers, shift.layers, vlm.adapter.num_layers)
     label = str(spec) if not tuned else f"{spec} (tuned: {', '.join(f'{k}={v}' for k, v in tuned.items())})"
     alpha = _alpha(options, spec)
     return CMRMDefense(shift, alpha, positions, layers, id=label, tuning=shift.tuning)
@@ -161,6 +174,7 @@ def make_cmrm_sample(spec: DefenseSpec, vlm: VLM) -> Defense:
     positions = spec.options.get("positions", DEFAULT_POSITIONS)
     resolve_policy(positions)
     layers = parse_layers(spec.options.get("layers", "all"))
+    check_layers(spec, layers, range(vlm.adapter.num_layers), vlm.adapter.num_layers)
     return SampleCMRMDefense(_alpha(spec.options, spec), corrupt, positions, layers, id=str(spec))
 
 

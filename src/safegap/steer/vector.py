@@ -232,8 +232,12 @@ class ShiftVector:
             )
         }
         tmp = out.with_name(out.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(out)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            tmp.replace(out)
+        except Exception as exc:  # a full or read-only disk: no half file, one line naming it
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"cannot write {out}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
         return out
 
     @classmethod
@@ -259,7 +263,15 @@ class ShiftVector:
             raise ValueError(
                 f"{src} has no {METADATA_KEY!r} metadata; it was not written by ShiftVector.save"
             )
-        info = json.loads(meta[METADATA_KEY])
+        try:
+            info = json.loads(meta[METADATA_KEY])
+        except ValueError as exc:
+            raise ValueError(f"{src}: invalid {METADATA_KEY!r} metadata JSON ({exc})") from None
+        if not isinstance(info, dict):
+            raise ValueError(f"{src}: {METADATA_KEY!r} metadata is not a JSON object")
+        bad = [i for i, t in sorted(vectors.items()) if not bool(torch.isfinite(t.float()).all())]
+        if bad:
+            raise ValueError(f"{src}: layer(s) {bad} hold NaN or infinite values; recalibrate the shift")
         vec = cls(
             vectors,
             Provenance.from_dict(info.get("provenance", {})),

@@ -16,7 +16,9 @@ be read at all is a :class:`BenchmarkError`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import io
 import json
 import os
 import random
@@ -29,6 +31,7 @@ from typing import Any, ClassVar
 from PIL import Image, ImageDraw
 
 from safegap.data.images import blank_image, noise_image
+from safegap.errors import UserError, decode_utf8
 
 GENERIC_CONDITIONS: tuple[str, ...] = ("text", "blank_image", "noise_image", "benign_image")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -181,36 +184,47 @@ def benign_scene(seed: int, size: tuple[int, int] = (336, 336)) -> Image.Image:
 
 
 def read_csv(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line number, row)`` for each data row of a UTF-8 CSV with a header; a missing file or
-    a missing required column is a :class:`BenchmarkError` naming the file."""
+    r"""``(line number, row)`` for each data row of a UTF-8 CSV with a header (a BOM is dropped).
+    A missing file or column, an unterminated quote (which would swallow the rows after it) and a
+    row with more fields than the header are :class:`BenchmarkError`\ s naming the file and line."""
     if not path.is_file():
         raise BenchmarkError(f"benchmark file not found: {path}")
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            missing = [c for c in required if c not in header]
-            if missing:
+        text = decode_utf8(path.read_bytes(), path)
+    except UserError as exc:
+        raise BenchmarkError(str(exc)) from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, [])
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise BenchmarkError(
+                f"{path}: missing column(s) {', '.join(missing)} (header: {', '.join(header) or 'empty'})"
+            )
+        start = reader.line_num + 1
+        for fields in reader:
+            if len(fields) > len(header):
                 raise BenchmarkError(
-                    f"{path}: missing column(s) {', '.join(missing)} (header: {', '.join(header) or 'empty'})"
+                    f"{path} line {start}: {len(fields)} fields but the header has {len(header)} "
+                    "(an unquoted comma?)"
                 )
-            for row in reader:
-                if None in row:
-                    extra = row.pop(None)  # type: ignore[call-overload]
-                    row["__extra__"] = ",".join(str(x) for x in extra)
-                yield reader.line_num, {k: (v if v is not None else "") for k, v in row.items()}
-    except UnicodeDecodeError as exc:
-        raise BenchmarkError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            row = dict(zip(header, fields, strict=False))
+            yield start, {k: row.get(k, "") for k in header}
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise BenchmarkError(f"{path}: malformed CSV ({exc})") from exc
+        where = f"line {start}" if "start" in locals() else "the header"
+        hint = " (an unterminated quote?)" if "end of data" in str(exc) else ""
+        raise BenchmarkError(f"{path} {where}: malformed CSV ({exc}){hint}") from None
 
 
 def read_json(path: Path) -> Any:
     if not path.is_file():
         raise BenchmarkError(f"benchmark file not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(decode_utf8(path.read_bytes(), path))
+    except UserError as exc:
+        raise BenchmarkError(str(exc)) from None
+    except json.JSONDecodeError as exc:
         raise BenchmarkError(f"{path}: not valid JSON ({exc})") from exc
 
 
@@ -218,8 +232,17 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | N
     """``(line number, object or None, error or None)`` per non-empty line."""
     if not path.is_file():
         raise BenchmarkError(f"benchmark file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield (
+                    number,
+                    None,
+                    f"{path} line {number}: not UTF-8 (invalid byte at column {exc.start + 1})",
+                )
+                continue
             if not line.strip():
                 continue
             try:
@@ -241,6 +264,8 @@ class SampleBuilder:
         self._ids: set[str] = set()
 
     def add(self, sample: Sample, where: str) -> None:
+        if sample.category == "all":  # "all" is every summary cell's overall row
+            sample = dataclasses.replace(sample, category="category:all")
         if sample.id in self._ids:
             sample = Sample(
                 id=f"{sample.id}@{where}",

@@ -37,7 +37,8 @@ class TextCsvBenchmark(Benchmark):
     category_column: str | None = None
     id_column: str | None = None
     label_column: str | None = None
-    default_category = "all"
+    #: Not "all": that name is the overall row of every summary cell.
+    default_category = "uncategorized"
 
     def csv_path(self) -> Path:
         path = self.data_path(self.folder, self.file_name)
@@ -104,7 +105,7 @@ class TextCsv(TextCsvBenchmark):
 
         if not header_probe.is_file():
             raise BenchmarkError(f"benchmark file not found: {header_probe}")
-        with open(header_probe, newline="", encoding="utf-8") as handle:
+        with open(header_probe, newline="", encoding="utf-8-sig", errors="replace") as handle:
             header = next(csv.reader(handle), [])
         prompt = self.options.get("prompt") or next((c for c in PROMPT_COLUMNS if c in header), None)
         if prompt is None:
