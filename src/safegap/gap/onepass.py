@@ -20,7 +20,6 @@ import torch
 
 from safegap.gap.extremes import ExtremeRows, NormLog
 from safegap.gap.histmedian import HistogramMedian
-from safegap.gap.metrics import mean_pairwise_cosine
 from safegap.gap.moments import Moments, ScalarMoments
 
 if TYPE_CHECKING:
@@ -164,17 +163,12 @@ class FastModalityStream:
             assert self._median is not None
             cleaned = self.moments.copy()
             cleaned.add_repeated(self._median.values().to(self.device, torch.float64), self.outlier_count)
-        n = self.norm_moments.count
-        cov = cleaned.covariance() if n > 1 else torch.zeros(self.dim, self.dim, dtype=torch.float64)
-        return ModalitySummary(
-            count=n,
-            mean=cleaned.mean(),
-            cov=cov,
-            raw_mean=self._raw_mean,
-            mean_norm=self.norm_moments.mean(),
-            norm_std=self.norm_moments.std(),
-            median_norm=self._median_norm,
-            outliers=self.outlier_count,
-            unit_mean=self.unit_sum / n,
-            intra_cosine=mean_pairwise_cosine(self.unit_sum, n),
+        return ModalitySummary.of(
+            cleaned,
+            self.norm_moments,
+            self._raw_mean,
+            self._median_norm,
+            self.outlier_count,
+            self.unit_sum,
+            self.dim,
         )

@@ -85,6 +85,34 @@ class ModalitySummary:
     unit_mean: torch.Tensor
     intra_cosine: float
 
+    @classmethod
+    def of(
+        cls,
+        cleaned: Moments,
+        norms: ScalarMoments,
+        raw_mean: torch.Tensor,
+        median_norm: float | None,
+        outliers: int,
+        unit_sum: torch.Tensor,
+        dim: int,
+    ) -> ModalitySummary:
+        """The summary of one stream: ``cleaned`` holds the (outlier-corrected) moments,
+        ``norms`` the token norms' moments, ``unit_sum`` the sum of unit vectors."""
+        n = norms.count
+        cov = cleaned.covariance() if n > 1 else torch.zeros(dim, dim, dtype=torch.float64)
+        return cls(
+            count=n,
+            mean=cleaned.mean(),
+            cov=cov,
+            raw_mean=raw_mean,
+            mean_norm=norms.mean(),
+            norm_std=norms.std(),
+            median_norm=median_norm,
+            outliers=outliers,
+            unit_mean=unit_sum / n,
+            intra_cosine=mean_pairwise_cosine(unit_sum, n),
+        )
+
 
 class ModalityStream:
     """One modality at one layer."""
@@ -183,19 +211,14 @@ class ModalityStream:
             s.consistent for s in (self._norm_select, self._coord_select) if s is not None
         )
         self.reproducible = self.reproducible and selects_consistent
-        n = self.norms.count
-        cov = cleaned.covariance() if n > 1 else torch.zeros(self.dim, self.dim, dtype=torch.float64)
-        return ModalitySummary(
-            count=n,
-            mean=cleaned.mean(),
-            cov=cov,
-            raw_mean=self._raw_mean,
-            mean_norm=self.norms.mean(),
-            norm_std=self.norms.std(),
-            median_norm=self._median_norm,
-            outliers=self.outlier_count,
-            unit_mean=self.unit_sum / n,
-            intra_cosine=mean_pairwise_cosine(self.unit_sum, n),
+        return ModalitySummary.of(
+            cleaned,
+            self.norms,
+            self._raw_mean,
+            self._median_norm,
+            self.outlier_count,
+            self.unit_sum,
+            self.dim,
         )
 
 
