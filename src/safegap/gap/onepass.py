@@ -158,17 +158,16 @@ class FastModalityStream:
         if self.pass_index < self.passes:
             raise RuntimeError(f"{self.passes - self.pass_index} pass(es) left before the summary")
         assert self._raw_mean is not None
-        cleaned = self.moments
+        replacement = None
         if self.outliers and self.outlier_count:
             assert self._median is not None
-            cleaned = self.moments.copy()
-            cleaned.add_repeated(self._median.values().to(self.device, torch.float64), self.outlier_count)
+            replacement = self._median.values()
         return ModalitySummary.of(
-            cleaned,
+            self.moments,
             self.norm_moments,
             self._raw_mean,
             self._median_norm,
             self.outlier_count,
+            replacement,
             self.unit_sum,
-            self.dim,
         )

@@ -88,18 +88,23 @@ class ModalitySummary:
     @classmethod
     def of(
         cls,
-        cleaned: Moments,
+        moments: Moments,
         norms: ScalarMoments,
         raw_mean: torch.Tensor,
         median_norm: float | None,
         outliers: int,
+        replacement: torch.Tensor | None,
         unit_sum: torch.Tensor,
-        dim: int,
     ) -> ModalitySummary:
-        """The summary of one stream: ``cleaned`` holds the (outlier-corrected) moments,
-        ``norms`` the token norms' moments, ``unit_sum`` the sum of unit vectors."""
+        """The summary of one stream. ``moments`` hold the kept tokens; the ``outliers`` removed
+        ones count again as ``replacement`` (the coordinate median), as the outlier correction
+        defines; ``norms`` are all tokens' norms, ``unit_sum`` the sum of their unit vectors."""
+        cleaned = moments
+        if replacement is not None and outliers:
+            cleaned = moments.copy()
+            cleaned.add_repeated(replacement.to(moments.device, torch.float64), outliers)
         n = norms.count
-        cov = cleaned.covariance() if n > 1 else torch.zeros(dim, dim, dtype=torch.float64)
+        cov = cleaned.covariance() if n > 1 else torch.zeros(moments.dim, moments.dim, dtype=torch.float64)
         return cls(
             count=n,
             mean=cleaned.mean(),
@@ -200,25 +205,22 @@ class ModalityStream:
         if self.pass_index < self.passes:
             raise RuntimeError(f"{self.passes - self.pass_index} pass(es) left before the summary")
         assert self._raw_mean is not None
-        cleaned = self.moments
+        replacement = None
         if self.outliers and self.outlier_count:
             assert self._coord_select is not None
-            cleaned = self.moments.copy()
-            cleaned.add_repeated(
-                self._coord_select.values().to(self.device, torch.float64), self.outlier_count
-            )
+            replacement = self._coord_select.values()
         selects_consistent = all(
             s.consistent for s in (self._norm_select, self._coord_select) if s is not None
         )
         self.reproducible = self.reproducible and selects_consistent
         return ModalitySummary.of(
-            cleaned,
+            self.moments,
             self.norms,
             self._raw_mean,
             self._median_norm,
             self.outlier_count,
+            replacement,
             self.unit_sum,
-            self.dim,
         )
 
 
