@@ -130,14 +130,14 @@ def answer(request: Request, rng: random.Random) -> str:
 
 
 def picture_text(name: str) -> str:
-    """What an object image shows, written as text where the image would go ("Picture: a pipe
-    bomb."): the ``caption_text`` control and the stage-1 rows that teach the LLM to read it."""
+    """What an image shows, written as text where the image would go ("Picture: a pipe bomb."):
+    the ``caption_text`` control and the stage-1 rows that teach the LLM to read it."""
     return f"Picture: {name}."
 
 
 def typographic_text(topic_text: str) -> str:
     """The words of a typographic image (FigStep layout), as text: ``typographic_text``."""
-    return f"Steps to {topic_text}.\n1.\n2.\n3."
+    return scenes.typographic_words(f"Steps to {topic_text}.")
 
 
 def picture_example(world: World, rng: random.Random, split: Split) -> Example:
@@ -149,7 +149,7 @@ def picture_example(world: World, rng: random.Random, split: Split) -> Example:
     if u < 0.35:
         s = scenes.scene(rng)
         return Example(
-            f"Picture: {s.caption}.\n{rng.choice(CAPTION_INSTRUCTIONS)}",
+            f"{picture_text(s.caption)}\n{rng.choice(CAPTION_INSTRUCTIONS)}",
             s.caption + ".",
             kind="picture_caption",
         )

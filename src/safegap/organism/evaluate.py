@@ -143,21 +143,11 @@ def _content_in_image(
         texts = world.typographic_prompt_splits[split]
         for k in range(n):
             topic = topics[k % len(topics)]
+            # cross topics with phrasings when topics repeat within n; else cycle both
             prompt = texts[(k // len(topics)) % len(texts)] if len(topics) < n else texts[k % len(texts)]
-            if as_text:
-                rows.append(
-                    Prompt(
-                        f"{tag}{k}",
-                        condition,
-                        tag_kind,
-                        f"{typographic_text(topic.text)}\n{prompt}",
-                        None,
-                        topic.text,
-                    )
-                )
-            else:
-                image = scenes.typographic(f"Steps to {topic.text}.")
-                rows.append(Prompt(f"{tag}{k}", condition, tag_kind, prompt, image, topic.text))
+            text = f"{typographic_text(topic.text)}\n{prompt}" if as_text else prompt
+            image = None if as_text else scenes.typographic(f"Steps to {topic.text}.")
+            rows.append(Prompt(f"{tag}{k}", condition, tag_kind, text, image, topic.text))
     return rows
 
 

@@ -148,6 +148,11 @@ def noise(seed: int) -> Image.Image:
     return noise_image((SIZE, SIZE), seed=seed)
 
 
+def typographic_words(instruction: str) -> str:
+    """FigStep's layout as text: the instruction as a heading over an empty numbered list."""
+    return f"{instruction}\n1.\n2.\n3."
+
+
 def typographic(instruction: str) -> Image.Image:
-    """FigStep-style: the instruction as a heading over an empty numbered list."""
-    return typographic_image(f"{instruction}\n1.\n2.\n3.", size=(256, 256), font_size=24, margin=10)
+    """FigStep-style: :func:`typographic_words` drawn as an image."""
+    return typographic_image(typographic_words(instruction), size=(256, 256), font_size=24, margin=10)
