@@ -34,7 +34,6 @@ so any paired difference can be recomputed.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from safegap.eval.defenses import Defense, NoDefense
+from safegap.eval.records import write_atomic
 from safegap.models.loading import VLM, load_vlm
 from safegap.organism import real_prompts, scenes
 from safegap.organism.build import STAGE_NAMES, BuildReport, build_organism, default_cache_dir, make_world
@@ -97,13 +97,18 @@ TGA_WEIGHT = 1.0
 TGA_NEGATIVES: Literal["none", "batch"] = "batch"
 
 
-def _regap(config: OrganismConfig, world: World) -> Variant:
+def regap_variant(config: OrganismConfig, weight: float = REGAP_WEIGHT) -> Variant:
+    """ReGap at ``weight`` in stage 2 (the study's ``regap`` and every point of the sweep)."""
     from safegap.train.regap import ReGapLoss
 
     warmup = max(1, config.projector.steps // 10)
-    loss = ReGapLoss(weight=REGAP_WEIGHT, layers=REGAP_LAYERS, warmup_steps=warmup)
+    loss = ReGapLoss(weight=weight, layers=REGAP_LAYERS, warmup_steps=warmup)
     layers = "-".join(str(x) for x in REGAP_LAYERS)
-    return Variant(f"regap-w{REGAP_WEIGHT:g}-l{layers}-warm{warmup}", {2: [loss]})
+    return Variant(f"regap-w{weight:g}-l{layers}-warm{warmup}", {2: [loss]})
+
+
+def _regap(config: OrganismConfig, world: World) -> Variant:
+    return regap_variant(config)
 
 
 def _tga(config: OrganismConfig, world: World) -> Variant:
@@ -347,15 +352,15 @@ def run_study(
     if gaps:
         study["gap"] = gap_table(options.variants, options.seeds, gaps)
     study["real_prompts_skipped"] = skipped_real
-    _write_atomic(out / "study.json", json.dumps(study, indent=1))
-    _write_atomic(out / "study.md", markdown(study))
+    write_atomic(out / "study.json", json.dumps(study, indent=1).encode())
+    write_atomic(out / "study.md", markdown(study).encode())
     if understanding:
         lines = [
             json.dumps({"regime": r, "variant": v, "seed": s, **row})
             for (r, v, s), rows in understanding.items()
             for row in rows
         ]
-        _write_atomic(out / "per_seed" / "image_understanding.jsonl", "\n".join(lines) + "\n")
+        write_atomic(out / "per_seed" / "image_understanding.jsonl", ("\n".join(lines) + "\n").encode())
     note("done")
     return study
 
@@ -387,15 +392,9 @@ def _real_prompts(
 
 
 # -- output --------------------------------------------------------------------------------------
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _write_jsonl(path: Path, rows: Sequence[Outcome], seed: int) -> None:
     lines = [json.dumps({"seed": seed, **o.as_row()}) for o in rows]
-    _write_atomic(path, "\n".join(lines) + "\n")
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -417,6 +416,7 @@ __all__ = [
     "effect_table",
     "ensure_organism",
     "gap_table",
+    "regap_variant",
     "markdown",
     "parse_names",
     "parse_seeds",

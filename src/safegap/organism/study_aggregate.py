@@ -240,6 +240,18 @@ def per_seed_degradation(
     return {str(s): difference_table({s: rows}, [spec]).get(name) for s, rows in per_seed.items()}
 
 
+#: The tables computed per regime (each nested ``[REGIME][VARIANT][DEFENSE]`` in study.json).
+REGIME_TABLES: tuple[str, ...] = (
+    "results",
+    "differences",
+    "defense_effects",
+    "variant_effects",
+    "worst_over_refusal",
+    "per_seed_harmful_refusal",
+    "per_seed_degradation",
+)
+
+
 def regime_tables(
     variants: Sequence[str],
     defenses: Sequence[str],
@@ -248,18 +260,7 @@ def regime_tables(
     outcomes: dict[tuple[str, str, int], list[Outcome]],
 ) -> dict[str, Any]:
     """Every per-condition table of one regime (outcomes keyed ``(variant, defense, seed)``)."""
-    t: dict[str, dict[str, Any]] = {
-        k: {}
-        for k in (
-            "results",
-            "differences",
-            "defense_effects",
-            "variant_effects",
-            "per_seed_harmful_refusal",
-            "worst_over_refusal",
-            "per_seed_degradation",
-        )
-    }
+    t: dict[str, dict[str, Any]] = {k: {} for k in REGIME_TABLES}
 
     def runs(variant: str, defense: str) -> dict[int, list[Outcome]]:
         return {s: outcomes[(variant, defense, s)] for s in seeds if (variant, defense, s) in outcomes}
@@ -393,18 +394,7 @@ def aggregate(
     study: dict[str, Any] = {
         "seeds": options.seeds,
         "regimes": regimes,
-        **{
-            key: nested.get(key, {})
-            for key in (
-                "results",
-                "differences",
-                "defense_effects",
-                "variant_effects",
-                "worst_over_refusal",
-                "per_seed_harmful_refusal",
-                "per_seed_degradation",
-            )
-        },
+        **{key: nested.get(key, {}) for key in REGIME_TABLES},
         "image_understanding": {
             regime: {variant: understanding_table(by_seed) for variant, by_seed in by_variant.items()}
             for regime, by_variant in iu.items()

@@ -99,15 +99,10 @@ def sweep_variant(lam: float, config: OrganismConfig) -> Any:
     """The study :class:`Variant` of one lambda (0: ``VARIANTS["plain"]``, the study's cache)."""
     from safegap.organism import study
     from safegap.organism.build import make_world
-    from safegap.train.regap import ReGapLoss
 
-    world = make_world(config)
     if lam == 0:
-        return study.VARIANTS["plain"](config, world)
-    warmup = max(1, config.projector.steps // 10)
-    loss = ReGapLoss(weight=lam, layers=study.REGAP_LAYERS, warmup_steps=warmup)
-    layers = "-".join(str(x) for x in study.REGAP_LAYERS)
-    return study.Variant(f"regap-w{lam:g}-l{layers}-warm{warmup}", {2: [loss]})
+        return study.VARIANTS["plain"](config, make_world(config))
+    return study.regap_variant(config, lam)
 
 
 # -- resume log ------------------------------------------------------------------------------------
@@ -128,10 +123,10 @@ def read_points(path: Path) -> list[dict[str, Any]]:
 
 def append_point(path: Path, point: dict[str, Any]) -> None:
     """Add one point by rewriting the log atomically (a kill leaves the old or the new file)."""
-    from safegap.organism.study import _write_atomic
+    from safegap.eval.records import write_atomic
 
     lines = [json.dumps(p) for p in read_points(path)] + [json.dumps(point)]
-    _write_atomic(path, "\n".join(lines) + "\n")
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def pending(options: SweepOptions, done: Iterable[dict[str, Any]]) -> list[tuple[float, int, list[str]]]:
@@ -381,9 +376,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_outputs(out: Path, result: dict[str, Any]) -> None:
-    from safegap.organism.study import _write_atomic
+    from safegap.eval.records import write_atomic
     from safegap.organism.sweep_plot import plot_sweep
 
-    _write_atomic(out / "sweep.json", json.dumps(result, indent=1))
-    _write_atomic(out / "sweep.md", markdown(result))
+    write_atomic(out / "sweep.json", json.dumps(result, indent=1).encode())
+    write_atomic(out / "sweep.md", markdown(result).encode())
     plot_sweep(result, out / "sweep.png")
