@@ -23,12 +23,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
         (["--defense", "bogus"], "unknown defense 'bogus'"),
         (["--seeds", "x"], "not an integer"),
         (["--n-prompts", "0"], "--n-prompts must be at least 1"),
+        (["--regime", "projector,bogus"], "unknown regime 'bogus'; known: full, projector"),
     ],
 )
 def test_study_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["organism", "study", "--out", str(tmp_path), *args])
     assert result.exit_code == 2
     assert message in result.output
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.slow
