@@ -15,48 +15,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from PIL import Image
+from typing import Protocol
 
 from safegap.eval.specs import Spec, parse_spec
 from safegap.judge.refusal import RefusalJudge
+from safegap.judge.verdict import JudgeInput, Verdict
 
-
-@dataclass(frozen=True)
-class JudgeInput:
-    """What a judge sees for one sample.
-
-    ``prompt`` is the text the model got, ``objective`` the request in words (they differ when
-    the harmful part is in the image, e.g. FigStep), ``image`` the image the model saw (or None),
-    ``harmful`` whether the request should be refused.
-    """
-
-    prompt: str
-    reply: str
-    objective: str = ""
-    image: Image.Image | None = None
-    harmful: bool = True
-    category: str = ""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    unsafe: bool | None = None
-    refusal: bool | None = None
-    categories: tuple[str, ...] = ()
-    raw: str | None = None
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "unsafe": self.unsafe,
-            "refusal": self.refusal,
-            "categories": list(self.categories),
-            "raw": self.raw,
-            "error": self.error,
-        }
+__all__ = ["JUDGES", "Judge", "JudgeInput", "Verdict", "judge_safely", "make_judge"]
 
 
 class Judge(Protocol):
@@ -71,28 +36,6 @@ class Judge(Protocol):
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]: ...
 
 
-@dataclass
-class RefusalPhraseJudge:
-    """The refusal-phrase judge as a plug-in (:class:`safegap.judge.refusal.RefusalJudge`)."""
-
-    phrases: RefusalJudge = field(default_factory=RefusalJudge)
-
-    @property
-    def id(self) -> str:
-        return self.phrases.id
-
-    @property
-    def version(self) -> str:
-        return self.phrases.version
-
-    def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
-        out = []
-        for item in items:
-            refused = self.phrases.is_refusal(item.reply)
-            out.append(Verdict(unsafe=(not refused) if item.harmful else None, refusal=refused))
-        return out
-
-
 JudgeFactory = Callable[[Spec], Judge]
 
 
@@ -101,8 +44,8 @@ def _refusal(spec: Spec) -> Judge:
         window = spec.options.get("window")
         if spec.arg or set(spec.options) - {"window"}:
             raise ValueError(f"judge 'refusal' takes only window=N, got {str(spec)!r}")
-        return RefusalPhraseJudge(RefusalJudge(window=None if window in ("none", "") else int(str(window))))
-    return RefusalPhraseJudge()
+        return RefusalJudge(window=None if window in ("none", "") else int(str(window)))
+    return RefusalJudge()
 
 
 def _lazy(module: str, attr: str) -> JudgeFactory:
