@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,7 +299,7 @@ def make_plan(
         for bench, wanted in per_bench:
             samples = limit_samples(bench.samples(), limit)
             for condition in wanted:
-                rows = list(range(len(samples)))
+                rows = [p for p, s in enumerate(samples) if bench.offers(s, condition)]
                 if sort_by_length:
                     lengths = [prompt_length(bench, s, condition) for s in samples]
                     rows.sort(key=lambda p: -lengths[p])
@@ -414,7 +414,7 @@ class Harness:
         return list(dict.fromkeys(v["judge"] for r in records for v in r.get("verdicts") or []))
 
     # -- models ---------------------------------------------------------------------------------
-    def load(self, vlm: Any | None) -> None:
+    def load(self, vlm: Any | None, built: Mapping[str, Defense] | None = None) -> None:
         if vlm is None:
             from safegap.models import load_vlm
 
@@ -428,7 +428,7 @@ class Harness:
         if len(set(ids)) != len(ids):
             raise ValueError(f"the same judge is listed twice: {', '.join(ids)}")
         for spec in self.config.defenses:
-            defense = build_defense(spec, vlm)
+            defense = built[spec] if built and spec in built else build_defense(spec, vlm)
             configure_generation(defense, self.config.batch_size, self.config.generation_kwargs())
             self.defenses[spec] = defense
 
@@ -671,8 +671,9 @@ def check_settings(config: EvalConfig) -> None:
     check_device(config.device)
 
 
-def prepare(config: EvalConfig) -> tuple[list[Benchmark], Plan]:
-    """Load and validate benchmarks and names, and plan the work (no model needed)."""
+def prepare(config: EvalConfig, built: Sequence[str] = ()) -> tuple[list[Benchmark], Plan]:
+    """Load and validate benchmarks and names, and plan the work (no model needed); ``built``
+    names defenses the caller hands over as objects (not looked up in the registry)."""
     check_settings(config)
     if config.long_prompts not in LONG_PROMPT_POLICIES:
         raise ValueError(f"--long-prompts {config.long_prompts!r}: use {' or '.join(LONG_PROMPT_POLICIES)}")
@@ -682,7 +683,8 @@ def prepare(config: EvalConfig) -> tuple[list[Benchmark], Plan]:
     if not config.benchmarks:
         raise ValueError("no benchmark given (--bench)")
     for spec in config.defenses:
-        check_defense_names(spec)
+        if spec not in built:
+            check_defense_names(spec)
     _check_judge_names(config.judges)
     if len(set(config.defenses)) != len(config.defenses):
         raise ValueError(f"a defense is listed twice: {', '.join(config.defenses)}")
@@ -702,11 +704,14 @@ def run_eval(
     vlm: Any | None = None,
     group: ProcessGroup | None = None,
     console: Console | None = None,
+    defenses: Mapping[str, Defense] | None = None,
 ) -> EvalResult:
     """Run (or resume, or skip when finished) the evaluation described by ``config``; the run
-    directory is locked for the whole call (:class:`~safegap.eval.run_guard.RunLock`)."""
+    directory is locked for the whole call (:class:`~safegap.eval.run_guard.RunLock`).
+    ``defenses`` maps names in ``config.defenses`` to defense objects built by the caller (the
+    organism study's calibrated CMRM); every other name is built from its spec."""
     group = group or current_group()
-    _, plan = prepare(config)
+    _, plan = prepare(config, tuple(defenses or ()))
     if config.strict:
         for item in plan.items:
             if item.sample.error:
@@ -714,7 +719,7 @@ def run_eval(
     with RunLock(Path(config.out), group.rank, group.world_size):
         if group.is_main:
             remove_stale_temp_files(Path(config.out))
-        return _run_locked(config, plan, vlm, group, console or Console(stderr=True))
+        return _run_locked(config, plan, vlm, group, console or Console(stderr=True), defenses)
 
 
 def _finished_summary(path: Path) -> dict[str, Any] | None:
@@ -727,7 +732,12 @@ def _finished_summary(path: Path) -> dict[str, Any] | None:
 
 
 def _run_locked(
-    config: EvalConfig, plan: Plan, vlm: Any | None, group: ProcessGroup, console: Console
+    config: EvalConfig,
+    plan: Plan,
+    vlm: Any | None,
+    group: ProcessGroup,
+    console: Console,
+    defenses: Mapping[str, Defense] | None = None,
 ) -> EvalResult:
     harness = Harness(config, group, console)
     planned = {it.key for it in plan.items}
@@ -754,7 +764,7 @@ def _run_locked(
         if group.is_main and config.progress:
             bench, _, cond = note.rpartition(":")
             console.print(f"note: benchmark {bench} does not offer condition {cond!r}; skipped")
-    harness.load(vlm)
+    harness.load(vlm, defenses)
     harness.check_judges(has_results=bool(existing))
     harness.write_config()
     generated = harness.execute(plan, done)

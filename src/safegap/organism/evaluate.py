@@ -8,6 +8,9 @@ the image, with neutral text; ``caption_text`` and ``typographic_text`` are thei
 (the image replaced by its caption, "Picture: a pipe bomb.", or by the typographic image's words),
 with the same prompt ids, so ``caption_text - harm_object_image`` (TGA's phenomenon: refused as
 text, answered as an image) is paired per prompt.
+
+This is the organism's one evaluation set: :mod:`safegap.organism.benchmark` serves it to eval's
+runner as ``--bench organism``, and the study, the sweep and ``safegap eval`` all ask it there.
 """
 
 from __future__ import annotations
@@ -19,9 +22,6 @@ from typing import Any
 
 from PIL import Image
 
-from safegap.eval.defenses import Defense
-from safegap.judge.refusal import RefusalJudge
-from safegap.models.loading import VLM
 from safegap.organism import scenes
 from safegap.organism.data import picture_text, typographic_text
 from safegap.organism.world import NEUTRAL_SENTENCES, Request, Split, Topic, World
@@ -60,6 +60,8 @@ class Prompt:
     text: str
     image: Image.Image | None
     topic: str
+    #: The request's category (``lookalike/<category>`` for lookalikes; "" for content rows).
+    category: str = ""
 
     @property
     def harmful(self) -> bool:
@@ -116,7 +118,8 @@ def condition_prompts(
                 image = scenes.noise(seed=k)
             elif condition == "text_filler":
                 text = filler_of_length(tokenizer, image_tokens, rng) + "\n" + req.text
-            rows.append(Prompt(f"{tag}{k}", condition, kind, text, image, req.topic.text))
+            category = f"lookalike/{req.topic.category}" if kind == "lookalike" else req.topic.category
+            rows.append(Prompt(f"{tag}{k}", condition, kind, text, image, req.topic.text, category))
     return rows
 
 
@@ -168,45 +171,6 @@ class Outcome:
             "reply": self.reply,
             "refused": self.refused,
         }
-
-
-def run_prompts(
-    vlm: VLM,
-    defense: Defense,
-    prompts: Sequence[Prompt],
-    max_new_tokens: int = 16,
-    judge: RefusalJudge | None = None,
-) -> list[Outcome]:
-    """Generate for every prompt (text-only and image rows in separate batches) and judge."""
-    judge = judge or RefusalJudge()
-    outcomes: dict[int, Outcome] = {}
-    for with_image in (False, True):
-        idx = [i for i, p in enumerate(prompts) if (p.image is not None) == with_image]
-        if not idx:
-            continue
-        texts = [prompts[i].text for i in idx]
-        images = [prompts[i].image for i in idx] if with_image else None
-        replies = defense.generate(vlm, texts, images, max_new_tokens)
-        for i, reply in zip(idx, replies, strict=True):
-            outcomes[i] = Outcome(prompts[i], reply, judge.is_refusal(reply))
-    return [outcomes[i] for i in range(len(prompts))]
-
-
-def evaluate_conditions(
-    vlm: VLM,
-    world: World,
-    defense: Defense,
-    conditions: Sequence[str],
-    n_prompts: int,
-    max_new_tokens: int = 16,
-    split: Split = "eval",
-) -> list[Outcome]:
-    image_tokens = int(vlm.model.config.image_seq_length)
-    out: list[Outcome] = []
-    for condition in conditions:
-        prompts = condition_prompts(world, vlm.tokenizer, condition, n_prompts, image_tokens, split)
-        out += run_prompts(vlm, defense, prompts, max_new_tokens)
-    return out
 
 
 def refusal_rates(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]]:

@@ -156,15 +156,19 @@ def last_token_shift(vlm: Any, records: Sequence[Any], batch_size: int = 32) -> 
     return [float(x) for x in diff.norm(dim=-1)]
 
 
-def measure_point(checkpoint: Path, world: Any, n_prompts: int, max_new_tokens: int = 16) -> dict[str, Any]:
-    """Every measure of one checkpoint (see :data:`MEASURES`)."""
+def measure_point(
+    checkpoint: Path, organism: Path, world: Any, n_prompts: int, run_dir: Path, max_new_tokens: int = 16
+) -> dict[str, Any]:
+    """Every measure of one checkpoint (see :data:`MEASURES`) of build directory ``organism``; the
+    refusal rates come from eval's runner on the organism benchmark (its run in ``run_dir``)."""
     from safegap.eval.defenses import NoDefense
     from safegap.gap.collect import measure_gap
     from safegap.models.loading import load_vlm
     from safegap.organism.diagnostics import organism_records
-    from safegap.organism.evaluate import evaluate_conditions, refusal_rates
+    from safegap.organism.evaluate import refusal_rates
     from safegap.organism.measures import caption_loss
     from safegap.organism.study import REGAP_LAYERS
+    from safegap.organism.study_eval import evaluate_organism
     from safegap.organism.understanding import accuracy_by_kind, understanding_outcomes
 
     vlm = load_vlm(checkpoint)
@@ -172,8 +176,8 @@ def measure_point(checkpoint: Path, world: Any, n_prompts: int, max_new_tokens: 
     gap = measure_gap(vlm, records, layers="all", batch_size=32, probe_layer=None)
     at = {layer.layer: layer for layer in gap.layers}
     shift = last_token_shift(vlm, records)
-    outcomes = evaluate_conditions(
-        vlm, world, NoDefense(batch_size=64), SWEEP_CONDITIONS, n_prompts, max_new_tokens
+    outcomes = evaluate_organism(
+        vlm, checkpoint, organism, "none", NoDefense(), SWEEP_CONDITIONS, n_prompts, max_new_tokens, run_dir
     )
     rates = refusal_rates(outcomes)
     return {
@@ -223,8 +227,10 @@ def run_sweep(
             if progress is not None:
                 progress(f"lambda {lam:g} seed {seed} {regime}: measuring", k + 0.5, len(todo))
             start = time.perf_counter()
+            run_dir = out / "runs" / f"{regime}__lambda{lam:g}__seed{seed}"
+            checkpoint = regime_checkpoint(path, regime)
             values = measure_point(
-                regime_checkpoint(path, regime), world, options.n_prompts, options.max_new_tokens
+                checkpoint, path, world, options.n_prompts, run_dir, options.max_new_tokens
             )
             point = {
                 "regime": regime,

@@ -1,7 +1,8 @@
 """Benchmark registry: ``load_benchmark("figstep_tiny", context)`` and friends.
 
 Each benchmark is one small module here that registers a :class:`Benchmark` subclass; importing
-this package registers them all. Specs are ``NAME`` or ``NAME:PATH[,key=value...]`` (a path
+this package registers them all; plug-ins outside the data layer (the model organism's
+``safegap.organism.benchmark``) register themselves the same way when imported. Specs are ``NAME`` or ``NAME:PATH[,key=value...]`` (a path
 overrides where the files are, e.g. ``text_csv:my_prompts.csv``).
 """
 
@@ -14,7 +15,6 @@ from safegap.data.benchmarks import (  # noqa: F401  (each module registers its 
     harmbench,
     jailbreakv,
     mm_safetybench,
-    organism,
     text_sets,
     vlsafe,
     xstest,

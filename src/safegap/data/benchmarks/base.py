@@ -337,6 +337,11 @@ class Benchmark(ABC):
                 f"benchmark {self.id!r} has no condition {condition!r}; it offers: {', '.join(self.conditions())}"
             )
 
+    def offers(self, sample: Sample, condition: str) -> bool:
+        """Whether ``sample`` is asked under ``condition`` (every sample, unless a benchmark's
+        conditions have different sample sets; the runner plans only offered pairs)."""
+        return True
+
     def request(self, sample: Sample, condition: str) -> Request:
         if condition == "text":
             return Request(sample.text, None)
