@@ -107,7 +107,8 @@ def test_calibrate_eval_report_on_a_small_organism(
     assert {(c, "unsafe_rate") for c in CONDITIONS} <= compared
     records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert len(records) == LIMIT * len(CONDITIONS) * 2
-    assert {r["image"].split(":")[1] for r in records if r["image"]} == {"benign", "blank"}
+    # the organism's own images, drawn by its benchmark (``generated:render:CONDITION:SLOT``)
+    assert {r["image"].split(":")[2] for r in records if r["image"]} == {"benign_image", "blank_image"}
     # text-only rows are not steered: CMRM leaves their replies exactly as they were
     text = {(r["sample_id"], r["defense"]): r["generation"] for r in records if r["condition"] == "text"}
     assert all(text[(sid, "none")] == text[(sid, cmrm)] for sid, d in text if d == "none")

@@ -103,26 +103,6 @@ def test_generic_conditions_give_reproducible_images() -> None:
     assert other != bench.request(sample, "noise_image").image  # a different noise per sample
 
 
-def test_organism_benchmark_reads_the_world_eval_split() -> None:
-    pytest.importorskip("safegap.organism.world")
-    bench = load_benchmark("organism")
-    samples = bench.samples()
-    assert {s.harmful for s in samples} == {True, False}
-    assert samples[0].harmful and not samples[1].harmful  # interleaved, so --limit keeps both
-    assert len({s.text for s in samples}) == len(samples)
-    assert len(limit_samples(samples, 10)) == 10
-    for condition in ("benign_image", "typographic_image", "harm_object_image"):
-        for sample in samples[:3]:
-            request = bench.request(sample, condition)
-            assert request.image is not None
-            assert (request.prompt == sample.text) == (condition == "benign_image")
-            assert bench.load_image(request.image, sample).mode == "RGB"
-    weapon = next(s for s in samples if s.category == "weapons" and s.fields["obj"] == "a grenade")
-    assert bench.request(weapon, "harm_object_image").image == ImageRef("render", "object:a grenade")
-    with pytest.raises(BenchmarkError, match="world_seed"):
-        load_benchmark("organism:world_seed=x").samples()
-
-
 # -- layouts of data that is not bundled ------------------------------------------------------------
 def _png(path: Path, color: str = "red") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -117,14 +117,30 @@ def evaluate_organism(
 
 
 def real_refusals(
-    vlm: VLM, checkpoint: str | Path, name: str, n: int, data_dir: Path, max_new_tokens: int, run_dir: Path
+    vlm: VLM,
+    checkpoint: str | Path,
+    name: str,
+    n: int,
+    data_dir: Path,
+    max_new_tokens: int,
+    run_dir: Path,
+    defense: Defense | None = None,
 ) -> dict[str, list[bool]]:
     """``{condition: refused per prompt}`` of ``organism_real:NAME`` (``text``, ``blank_image``),
-    undefended, batches of 32 as the study always asked them."""
+    undefended unless ``defense`` is given, in batches of 32 as the study always asked them."""
     conditions = ("text", "blank_image")
     spec = f"organism_real:{name},n={n}"
     records = run_cell(
-        vlm, checkpoint, spec, "none", NoDefense(), conditions, max_new_tokens, run_dir, 32, data_dir
+        vlm,
+        checkpoint,
+        spec,
+        "none",
+        defense or NoDefense(),
+        conditions,
+        max_new_tokens,
+        run_dir,
+        32,
+        data_dir,
     )
     wanted = judge_id()
     out: dict[str, list[bool]] = {c: [] for c in conditions}
