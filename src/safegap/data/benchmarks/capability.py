@@ -13,6 +13,8 @@ blind baseline: how much of the score needs the image at all).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import ClassVar
 
 from safegap.data.benchmarks.base import Benchmark, ImageRef, Request, Sample
@@ -57,3 +59,9 @@ def declared_metric(bench: Benchmark | type[Benchmark]) -> str | None:
 def lettered(choices: tuple[str, ...]) -> tuple[str, ...]:
     """``("A. cat", "B. dog")`` for ``("cat", "dog")``."""
     return tuple(f"{chr(ord('A') + i)}. {c}" for i, c in enumerate(choices))
+
+
+def all_benign(samples: Sequence[Sample]) -> list[Sample]:
+    """``samples`` with errored rows marked benign too (``SampleBuilder.bad`` defaults to
+    harmful), so a broken row of a benign-only set never lands among harmful requests."""
+    return [dataclasses.replace(s, harmful=False) if s.harmful else s for s in samples]

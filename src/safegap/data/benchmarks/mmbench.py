@@ -33,7 +33,7 @@ from safegap.data.benchmarks.base import (
     SampleBuilder,
     register_benchmark,
 )
-from safegap.data.benchmarks.capability import LETTER_ANSWER, CapabilityBenchmark, lettered
+from safegap.data.benchmarks.capability import LETTER_ANSWER, CapabilityBenchmark, all_benign, lettered
 
 REQUIRED = ("index", "question", "A", "B", "answer", "image")
 ROTATION = 1_000_000
@@ -190,7 +190,7 @@ class MMBench(CapabilityBenchmark):
                 out.add(
                     Sample(sample_id, category, text, False, fields, answers=(right,), choices=options), where
                 )
-        return out.samples
+        return all_benign(out.samples)
 
     def image_ref(self, sample: Sample) -> ImageRef:
         return ImageRef("render", f"tsv:{sample.fields['image_offset']}")

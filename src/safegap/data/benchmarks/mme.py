@@ -20,7 +20,7 @@ from safegap.data.benchmarks.base import (
     SampleBuilder,
     register_benchmark,
 )
-from safegap.data.benchmarks.capability import CapabilityBenchmark
+from safegap.data.benchmarks.capability import CapabilityBenchmark, all_benign
 from safegap.errors import UserError, decode_utf8
 
 #: MME's subtasks, under the folder names of its release; perception sums ten, cognition four.
@@ -68,7 +68,7 @@ class MME(CapabilityBenchmark):
                 qa_dir = image_dir = folder
             for path in sorted(qa_dir.glob("*.txt")):
                 self._read_questions(out, subtask, path, image_dir)
-        return out.samples
+        return all_benign(out.samples)
 
     def _read_questions(self, out: SampleBuilder, subtask: str, path: Path, image_dir: Path) -> None:
         stem = path.stem

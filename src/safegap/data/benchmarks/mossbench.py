@@ -31,6 +31,7 @@ from safegap.data.benchmarks.base import (
     read_json,
     register_benchmark,
 )
+from safegap.data.benchmarks.capability import all_benign
 
 STIMULI = {
     "type 1": "exaggerated_risk",
@@ -95,7 +96,7 @@ class MOSSBench(Benchmark):
                 **{flag: str(meta.get(flag, "")) for flag in FLAGS},
             }
             out.add(Sample(pid, category, question, False, fields), where)
-        return out.samples
+        return all_benign(out.samples)
 
     def image_path(self, sample: Sample) -> Path:
         path = self.data_folder() / sample.fields["image"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from safegap.data.benchmarks.base import BenchmarkError, Sample, SampleBuilder, read_jsonl, register_benchmark
-from safegap.data.benchmarks.capability import SHORT_ANSWER, CapabilityBenchmark
+from safegap.data.benchmarks.capability import SHORT_ANSWER, CapabilityBenchmark, all_benign
 
 SPLITS = ("random", "popular", "adversarial")
 
@@ -70,4 +70,4 @@ class Pope(CapabilityBenchmark):
                     continue
                 fields = {"question": text, "image": image, "image_path": str(coco / image)}
                 out.add(Sample(sample_id, split, self.prompt(text), False, fields, answers=(label,)), where)
-        return out.samples
+        return all_benign(out.samples)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from safegap.data.benchmarks.base import BenchmarkError, Sample, SampleBuilder, read_json, register_benchmark
-from safegap.data.benchmarks.capability import LETTER_ANSWER, CapabilityBenchmark, lettered
+from safegap.data.benchmarks.capability import LETTER_ANSWER, CapabilityBenchmark, all_benign, lettered
 
 
 @register_benchmark
@@ -85,4 +85,4 @@ class ScienceQAImg(CapabilityBenchmark):
                 ),
                 where,
             )
-        return out.samples
+        return all_benign(out.samples)

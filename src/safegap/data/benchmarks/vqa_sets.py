@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from safegap.data.benchmarks.base import BenchmarkError, Sample, SampleBuilder, read_json, register_benchmark
-from safegap.data.benchmarks.capability import SHORT_ANSWER, CapabilityBenchmark
+from safegap.data.benchmarks.capability import SHORT_ANSWER, CapabilityBenchmark, all_benign
 
 
 def _answers(raw: Any) -> tuple[str, ...] | None:
@@ -79,7 +79,7 @@ class TextVQA(CapabilityBenchmark):
                 continue
             fields = {"question": question, "image_path": str(images / f"{image_id}.jpg")}
             out.add(Sample(qid, "textvqa", self.prompt(question), False, fields, answers=answers), where)
-        return out.samples
+        return all_benign(out.samples)
 
 
 @register_benchmark
@@ -145,4 +145,4 @@ class VQAv2(CapabilityBenchmark):
                 "question_type": str(ann.get("question_type", "")),
             }
             out.add(Sample(qid, category, self.prompt(question), False, fields, answers=answers), where)
-        return out.samples
+        return all_benign(out.samples)
