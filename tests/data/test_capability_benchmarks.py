@@ -407,3 +407,22 @@ def test_mossbench_layout_categories_and_suffix_fallback(tmp_path: Path) -> None
     assert "information.json entry '4': metadata.over 'type 9'" in (bad_type.error or "")
     assert "entry '5': missing or empty question" in (empty.error or "")
     assert bench.request(two, "text") == type(bench.request(two, "text"))(two.text, None)
+
+
+def test_mmbench_image_larger_than_the_csv_field_limit(tmp_path: Path) -> None:
+    import numpy as np
+
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    big = base64.b64encode(buffer.getvalue()).decode()
+    assert len(big) > 131072, "must exceed csv's default field limit"
+    path = tmp_path / "big.tsv"
+    path.write_text(
+        MMB_HEADER + f"7\tWhat is it?\t\tnoise\tsky\t\t\tA\tx\t{big}\ts\tl\td\n", encoding="utf-8"
+    )
+    bench = load_benchmark(f"mmbench:{path}")
+    (sample,) = bench.samples()
+    assert "<inline>" not in sample.fields.values() and sample.error is None
+    image = bench.load_image(bench.request(sample, "image").image, sample)  # type: ignore[arg-type]
+    assert np.array_equal(np.asarray(image), noise)

@@ -36,6 +36,8 @@ from safegap.data.benchmarks.base import (
 from safegap.data.benchmarks.capability import LETTER_ANSWER, CapabilityBenchmark, all_benign, lettered
 
 REQUIRED = ("index", "question", "A", "B", "answer", "image")
+#: csv's default field limit (128 KiB) is smaller than many base64 images.
+FIELD_LIMIT = 1 << 30
 ROTATION = 1_000_000
 _LETTERS = "ABCDEFGHIJ"
 
@@ -67,6 +69,7 @@ def read_tsv_rows(path: Path) -> Iterator[tuple[int, int, dict[str, str]]]:
             except UnicodeDecodeError as exc:
                 raise BenchmarkError(f"{path} line {number}: not UTF-8 (byte {exc.start + 1})") from None
 
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     with open(path, "rb") as handle:
         reader = csv.reader(lines(handle), delimiter="\t", strict=True)
         try:
@@ -100,6 +103,7 @@ def read_tsv_rows(path: Path) -> Iterator[tuple[int, int, dict[str, str]]]:
 
 def read_row_at(path: Path, offset: int) -> dict[str, str]:
     """The TSV row starting at byte ``offset`` (its header read again from the top)."""
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     with open(path, "rb") as handle:
         header = next(csv.reader([handle.readline().decode("utf-8-sig")], delimiter="\t"))
         handle.seek(offset)
@@ -127,7 +131,11 @@ class MMBench(CapabilityBenchmark):
     def load(self) -> list[Sample]:
         path = self.tsv_path()
         circular = self.circular()
-        rows = list(read_tsv_rows(path))
+        # Keep every row but its inline image (read again by offset when a batch needs it).
+        rows = [
+            (line, offset, {**row, "image": row["image"] if len(row["image"].strip()) <= 64 else "<inline>"})
+            for line, offset, row in read_tsv_rows(path)
+        ]
         offsets = {row["index"].strip(): offset for _, offset, row in rows}
         has_copies = any(r["index"].strip().isdigit() and int(r["index"]) >= ROTATION for _, _, r in rows)
         out = SampleBuilder()
