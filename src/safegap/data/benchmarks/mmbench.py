@@ -114,6 +114,7 @@ def read_row_at(path: Path, offset: int) -> dict[str, str]:
 @register_benchmark
 class MMBench(CapabilityBenchmark):
     name = "mmbench"
+    option_keys = ("instruction", "circular")
     description = "MMBench multiple choice (TSV, base64 images); circular=true for circular evaluation"
     metric = "choice"
     answer_instruction = LETTER_ANSWER

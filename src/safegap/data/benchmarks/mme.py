@@ -50,6 +50,7 @@ def _image_for(folder: Path, stem: str) -> Path | None:
 @register_benchmark
 class MME(CapabilityBenchmark):
     name = "mme"
+    option_keys = ("instruction",)
     description = "MME perception (10 subtasks) and cognition (4): acc, acc+, summed scores"
     metric = "mme"
 

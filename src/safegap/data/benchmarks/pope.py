@@ -21,6 +21,7 @@ SPLITS = ("random", "popular", "adversarial")
 @register_benchmark
 class Pope(CapabilityBenchmark):
     name = "pope"
+    option_keys = ("instruction", "split", "coco")
     description = "POPE object-hallucination yes/no questions on COCO (accuracy, F1, yes-ratio)"
     metric = "pope"
     answer_instruction = SHORT_ANSWER

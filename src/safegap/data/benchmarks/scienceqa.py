@@ -19,6 +19,7 @@ from safegap.data.benchmarks.capability import LETTER_ANSWER, CapabilityBenchmar
 @register_benchmark
 class ScienceQAImg(CapabilityBenchmark):
     name = "scienceqa_img"
+    option_keys = ("instruction", "split")
     description = "ScienceQA-IMG: multiple-choice science questions with an image (accuracy)"
     metric = "choice"
     answer_instruction = LETTER_ANSWER

@@ -44,6 +44,7 @@ def _entries(data: Any, key: str, path: Path) -> list[Any]:
 @register_benchmark
 class TextVQA(CapabilityBenchmark):
     name = "textvqa"
+    option_keys = ("instruction",)
     description = "TextVQA validation: questions about text in images (VQA accuracy, 10 annotators)"
     metric = "vqa"
     answer_instruction = SHORT_ANSWER
@@ -85,6 +86,7 @@ class TextVQA(CapabilityBenchmark):
 @register_benchmark
 class VQAv2(CapabilityBenchmark):
     name = "vqav2"
+    option_keys = ("instruction", "coco")
     description = "VQAv2 val2014 open-ended questions on COCO (VQA accuracy, 10 annotators)"
     metric = "vqa"
     answer_instruction = SHORT_ANSWER
