@@ -187,7 +187,10 @@ def test_score_over_samples_with_categories_errors_and_circular() -> None:
     assert report.overall["circular_accuracy"] == 0.5  # question 1 failed its rotation
     assert report.primary == "circular_accuracy"
     assert report.categories["colours"] == {"accuracy": 1.0}
-    assert report.chance == 0.5
+    # chance of the headline over the scored questions: 1 needs both rotations guessed (1/4), 2 one
+    assert report.chance == pytest.approx((1 / 4 + 1 / 2) / 2)
+    plain = score("choice", samples[2:], ["B", "A", "A"])
+    assert plain.primary == "accuracy" and plain.chance == 0.5
     with pytest.raises(ValueError, match="unknown capability metric 'bleu'"):
         score("bleu", samples, ["A"] * 5)
 
@@ -202,6 +205,13 @@ def test_score_pope_mme_vqa_exact() -> None:
     ]
     one = score("mme", mme, ["Yes", "No"])
     assert one.overall == {"acc": 100.0, "acc_plus": 100.0, "score": 200.0} and one.primary == "score"
+    assert one.chance == 75.0  # acc 50 + acc+ 25 when guessing both questions of an image
+    two = score(
+        "mme",
+        [*mme, Sample("c1", "code_reasoning", "q", False, {"image": "c"}, answers=("no",))],
+        ["Yes", "No", "No"],
+    )
+    assert two.primary == "perception" and two.chance == 75.0  # cognition is not in the headline
     vqa = [Sample("v", "other", "q", False, answers=("2",) * 3 + ("3",) * 7)]
     assert score("vqa", vqa, ["two"]).overall["vqa_accuracy"] == pytest.approx(0.9)
     exact = [Sample("e", "colour", "q", False, answers=("red",))]

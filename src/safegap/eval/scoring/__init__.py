@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from safegap.data.benchmarks.base import Sample
+from safegap.data.benchmarks.mme import MME_COGNITION, MME_PERCEPTION
 from safegap.eval.scoring.choice import circular_accuracy, extract_choice, letter_index
 from safegap.eval.scoring.vqa import exact_match, vqa_accuracy
 from safegap.eval.scoring.yesno import MmeAnswer, extract_yes_no, mme_scores, parse_label, pope_scores
@@ -29,7 +30,8 @@ class ScoreReport:
     """A scorer's result. ``values`` has one entry per sample (1/0 for right/wrong, a fraction
     for VQA accuracy, ``None`` when not scored) for bootstrap intervals and paired differences;
     ``overall`` and ``categories`` hold the benchmark's own numbers; ``primary`` names the
-    headline one in ``overall``; ``chance`` is what guessing scores, where defined."""
+    headline one in ``overall``; ``chance`` is what uniform guessing would score on that headline
+    number (same units), where defined."""
 
     metric: str
     primary: str
@@ -53,7 +55,8 @@ class Scorer:
     primary: str
     value: Callable[[Sample, str, Mapping[str, str]], float]
     summary: Summary
-    chance: Callable[[Sequence[Sample]], float | None] = lambda samples: None
+    #: Expected headline number under uniform guessing: ``chance(samples, primary)``.
+    chance: Callable[[Sequence[Sample], str], float | None] = lambda samples, primary: None
 
 
 def _reference(sample: Sample) -> tuple[str, ...]:
@@ -83,9 +86,29 @@ def _choice_summary(scored: Scored, options: Mapping[str, str]) -> dict[str, flo
     return out
 
 
-def _choice_chance(samples: Sequence[Sample]) -> float | None:
-    sizes = [len(s.choices) for s in samples if s.choices]
-    return _mean([1.0 / n for n in sizes]) if sizes else None
+def _choice_chance(samples: Sequence[Sample], primary: str) -> float | None:
+    if primary != "circular_accuracy":
+        sizes = [len(s.choices) for s in samples if s.choices]
+        return _mean([1.0 / n for n in sizes]) if sizes else None
+    groups: dict[str, float] = {}
+    for s in samples:  # every rotation guessed right independently
+        key = s.fields.get("group", s.id)
+        groups[key] = groups.get(key, 1.0) / len(s.choices or ("",))
+    return _mean(list(groups.values()))
+
+
+def _mme_chance(samples: Sequence[Sample], primary: str) -> float:
+    """Per subtask 50 (acc) + 100 * mean over images of 0.5 ** questions (acc+); summed."""
+    per_image: dict[str, dict[str, int]] = {}
+    for s in samples:
+        images = per_image.setdefault(s.category, {})
+        key = s.fields.get("image", s.id)
+        images[key] = images.get(key, 0) + 1
+    score = {t: 50.0 + 100.0 * _mean([0.5**q for q in imgs.values()]) for t, imgs in per_image.items()}
+    if primary == "score":
+        return next(iter(score.values()))
+    wanted = MME_PERCEPTION if primary == "perception" else (*MME_PERCEPTION, *MME_COGNITION)
+    return sum(v for t, v in score.items() if t in wanted)
 
 
 def _yes_no_value(sample: Sample, reply: str, options: Mapping[str, str]) -> float:
@@ -152,7 +175,7 @@ SCORERS: dict[str, Scorer] = {
             "accuracy",
             _yes_no_value,
             _pope_summary,
-            lambda samples: 0.5,
+            lambda samples, primary: 0.5,
         ),
         Scorer(
             "mme",
@@ -160,7 +183,7 @@ SCORERS: dict[str, Scorer] = {
             "perception",
             _yes_no_value,
             _mme_summary,
-            lambda samples: 0.5,
+            _mme_chance,
         ),
         Scorer(
             "vqa",
@@ -221,7 +244,7 @@ def score(
         values=values,
         overall=overall,
         categories={c: scorer.summary(group, opts) for c, group in by_category.items()},
-        chance=scorer.chance([s for s, _ in scored]),
+        chance=scorer.chance([s for s, _ in scored], primary),
         errors=len(samples) - len(scored),
     )
 
