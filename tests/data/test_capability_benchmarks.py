@@ -274,6 +274,15 @@ def test_mmbench_circular_generated_and_from_the_file(tmp_path: Path) -> None:
         if s.fields.get("group") == "1"
     ]
     assert [s.id for s in from_file] == ["1", "1000001"]  # the file's own rotation, none generated
+    chained = tmp_path / "chained"
+    _mmbench(
+        chained, "5\tVia row 2?\t\tyes\tno\t\t\tA\tx\t2\ts\tl\td\n6\tLoop\t\tyes\tno\t\t\tA\tx\t6\ts\tl\td\n"
+    )
+    bench = load_benchmark("mmbench", ctx(chained))
+    by_id = {s.id: s for s in bench.samples()}
+    via = by_id["5"]  # row 5 -> row 2 -> row 0's picture
+    assert bench.load_image(bench.request(via, "image").image, via).size == (12, 8)  # type: ignore[arg-type]
+    assert "line 8: image refers to index 6 that holds no image" in (by_id["6"].error or "")
     with pytest.raises(BenchmarkError, match="circular='maybe' is not true or false"):
         load_benchmark("mmbench:circular=maybe", ctx(tmp_path)).samples()
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from safegap.data.benchmarks.base import Sample
+from safegap.data.benchmarks.capability import rotate_options
 from safegap.eval.scoring import score
 from safegap.eval.scoring.choice import (
     choice_accuracy,
     circular_accuracy,
     extract_choice,
     letter_index,
-    rotate_options,
 )
 from safegap.eval.scoring.vqa import exact_match, normalize_answer, vqa_accuracy
 from safegap.eval.scoring.yesno import MmeAnswer, extract_yes_no, mme_scores, pope_scores

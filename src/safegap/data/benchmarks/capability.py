@@ -65,3 +65,13 @@ def all_benign(samples: Sequence[Sample]) -> list[Sample]:
     """``samples`` with errored rows marked benign too (``SampleBuilder.bad`` defaults to
     harmful), so a broken row of a benign-only set never lands among harmful requests."""
     return [dataclasses.replace(s, harmful=False) if s.harmful else s for s in samples]
+
+
+def rotate_options(choices: Sequence[str], answer: int, shift: int) -> tuple[tuple[str, ...], int]:
+    """The options moved ``shift`` places to the left (``shift=1``: B becomes A, A becomes the
+    last) and where the right answer lands: one rotation of circular evaluation."""
+    n = len(choices)
+    if not 0 <= answer < n:
+        raise ValueError(f"answer index {answer} outside {n} options")
+    k = shift % n
+    return tuple(choices[k:]) + tuple(choices[:k]), (answer - k) % n

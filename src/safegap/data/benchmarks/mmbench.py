@@ -33,7 +33,13 @@ from safegap.data.benchmarks.base import (
     SampleBuilder,
     register_benchmark,
 )
-from safegap.data.benchmarks.capability import LETTER_ANSWER, CapabilityBenchmark, all_benign, lettered
+from safegap.data.benchmarks.capability import (
+    LETTER_ANSWER,
+    CapabilityBenchmark,
+    all_benign,
+    lettered,
+    rotate_options,
+)
 
 REQUIRED = ("index", "question", "A", "B", "answer", "image")
 #: csv's default field limit (128 KiB) is smaller than many base64 images.
@@ -138,6 +144,7 @@ class MMBench(CapabilityBenchmark):
             for line, offset, row in read_tsv_rows(path)
         ]
         offsets = {row["index"].strip(): offset for _, offset, row in rows}
+        images = {row["index"].strip(): row["image"].strip() for _, _, row in rows}
         has_copies = any(r["index"].strip().isdigit() and int(r["index"]) >= ROTATION for _, _, r in rows)
         out = SampleBuilder()
         for line, offset, row in rows:
@@ -175,19 +182,22 @@ class MMBench(CapabilityBenchmark):
                 out.bad(index, category, f"{where}: empty image")
                 continue
             image_offset = offset
-            if len(image) <= 64 and image.isdigit():
-                if image not in offsets:
-                    out.bad(
-                        index, category, f"{where}: image refers to index {image} that is not in the file"
-                    )
-                    continue
-                image_offset = offsets[image]
+            seen = {index}
+            while len(image) <= 64 and image.isdigit():  # shares (possibly via another row) an image
+                if image not in offsets or image in seen:
+                    image_offset = -1
+                    break
+                seen.add(image)
+                image_offset, image = offsets[image], images[image]
+            if image_offset < 0:
+                out.bad(index, category, f"{where}: image refers to index {image} that holds no image")
+                continue
             hint = _cell(row.get("hint", ""))
             group = str(int(index) % ROTATION)
             rotations = range(len(choices)) if circular and not has_copies else range(1)
             for shift in rotations:
-                options = tuple(choices[shift:] + choices[:shift])
-                right = _LETTERS[(_LETTERS.index(answer) - shift) % len(choices)]
+                options, right_index = rotate_options(choices, _LETTERS.index(answer), shift)
+                right = _LETTERS[right_index]
                 text = self.prompt(f"{hint}\n{question}" if hint else question, lettered(options))
                 fields = {
                     "question": question,

@@ -114,13 +114,3 @@ def circular_accuracy(groups: Sequence[str], correct: Sequence[bool]) -> float:
     for group, ok in zip(groups, correct, strict=True):
         verdict[group] = verdict.get(group, True) and bool(ok)
     return sum(verdict.values()) / len(verdict)
-
-
-def rotate_options(choices: Sequence[str], answer: int, shift: int) -> tuple[tuple[str, ...], int]:
-    """The options moved ``shift`` places to the left (``shift=1``: B becomes A, A becomes the
-    last) and where the right answer lands: one rotation of circular evaluation."""
-    n = len(choices)
-    if not 0 <= answer < n:
-        raise ValueError(f"answer index {answer} outside {n} options")
-    k = shift % n
-    return tuple(choices[k:]) + tuple(choices[:k]), (answer - k) % n
