@@ -33,7 +33,7 @@ from safegap.data.benchmarks.base import (
     resolve_benign_images,
     resolve_data_dir,
 )
-from safegap.eval.specs import parse_spec
+from safegap.specs import parse_spec
 
 __all__ = [
     "BENCHMARKS",
@@ -59,7 +59,9 @@ def load_benchmark(spec: str, context: DataContext | None = None) -> Benchmark:
     parsed = parse_spec(spec, kind="benchmark")
     if parsed.name not in BENCHMARKS:
         raise BenchmarkError(f"unknown benchmark {parsed.name!r}; known: {', '.join(sorted(BENCHMARKS))}")
-    return BENCHMARKS[parsed.name](str(parsed), parsed.arg, parsed.options, context or DataContext())
+    cls = BENCHMARKS[parsed.name]
+    parsed.check_options(cls.option_keys, "benchmark")
+    return cls(str(parsed), parsed.arg, parsed.options, context or DataContext())
 
 
 def limit_samples(samples: Sequence[Sample], limit: int | None) -> list[Sample]:

@@ -291,6 +291,8 @@ class Benchmark(ABC):
     own_conditions: ClassVar[tuple[str, ...]] = ()
     #: Conditions used when ``--condition`` is not given.
     defaults: ClassVar[tuple[str, ...]] = GENERIC_CONDITIONS
+    #: The ``key=value`` options the spec may give (any other key is an error naming these).
+    option_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, spec_id: str, arg: str | None, options: Mapping[str, str], context: DataContext
