@@ -13,6 +13,7 @@ from PIL import Image
 
 from safegap.data.benchmarks import BENCHMARKS, BenchmarkError, DataContext, ImageLoadError, load_benchmark
 from safegap.data.benchmarks.capability import declared_metric
+from safegap.errors import UserError
 from safegap.eval.scoring import SCORERS, score
 
 
@@ -435,3 +436,10 @@ def test_mmbench_image_larger_than_the_csv_field_limit(tmp_path: Path) -> None:
     assert "<inline>" not in sample.fields.values() and sample.error is None
     image = bench.load_image(bench.request(sample, "image").image, sample)  # type: ignore[arg-type]
     assert np.array_equal(np.asarray(image), noise)
+
+
+def test_unknown_options_name_the_valid_keys(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="mmbench: unknown option 'rotate'; valid: circular, instruction"):
+        load_benchmark("mmbench:rotate=true", ctx(tmp_path))
+    with pytest.raises(UserError, match="mossbench: unknown option 'rotate'; it takes no options"):
+        load_benchmark("mossbench:rotate=true", ctx(tmp_path))
