@@ -310,9 +310,6 @@ def diagnose(
 
 
 def register(app: typer.Typer) -> None:
-    # The organism adds its benchmarks (``--bench organism``, ``organism_real``) to eval's
-    # registry; the data layer does not know the organism.
-    __import__("safegap.organism.benchmark")
     organism_app.command("build")(build)
     organism_app.command("study")(study)
     organism_app.command("diagnose")(diagnose)

@@ -17,9 +17,9 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from safegap.eval.specs import Spec, parse_spec
 from safegap.judge.refusal import RefusalJudge
 from safegap.judge.verdict import JudgeInput, Verdict
+from safegap.specs import Spec, parse_spec
 
 __all__ = ["JUDGES", "Judge", "JudgeInput", "Verdict", "judge_safely", "make_judge"]
 
@@ -41,8 +41,8 @@ JudgeFactory = Callable[[Spec], Judge]
 
 def _refusal(spec: Spec) -> Judge:
     if spec.arg or spec.options:
-        window = spec.options.get("window")
-        if spec.arg or set(spec.options) - {"window"}:
+        window = spec.check_options(("window",), "judge").options.get("window")
+        if spec.arg:
             raise ValueError(f"judge 'refusal' takes only window=N, got {str(spec)!r}")
         return RefusalJudge(window=None if window in ("none", "") else int(str(window)))
     return RefusalJudge()

@@ -18,8 +18,10 @@ Spec: ``organism[:PATH][,n=N][,world_seed=S]``. ``PATH`` is an organism checkpoi
 kind (default 64, the study's ``--n-prompts``). ``text_filler`` needs the evaluated model's
 tokenizer (the filler has exactly as many tokens as the image span).
 
-The module registers the benchmark when imported (the organism adds itself to
-``data.benchmarks``; the data layer never imports the organism).
+The organism adds both benchmarks to eval's registry: they are declared in the
+``safegap.benchmarks`` entry-point group (pyproject.toml, :mod:`safegap.plugins`), so the
+registry imports this module on first use, and importing it registers them too. The data layer
+never imports the organism.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from safegap.organism.world import World
 
 #: Slots per kind when the spec gives no ``n`` (the study's default ``--n-prompts``).
 DEFAULT_N = 64
-OPTIONS: tuple[str, ...] = ("n", "world_seed")
 #: Conditions whose prompts need the evaluated model (its tokenizer and image span length).
 MODEL_CONDITIONS: tuple[str, ...] = ("text_filler",)
 
@@ -78,14 +79,10 @@ class OrganismBenchmark(Benchmark):
     description = "the model organism's held-out harmful, benign and lookalike requests"
     own_conditions = tuple(c for c in CONDITIONS if c not in GENERIC_CONDITIONS)
     defaults = ("text", "benign_image", "blank_image", "noise_image")
+    option_keys = ("n", "world_seed")
 
     def __init__(self, spec_id: str, arg: str | None, options: Any, context: DataContext) -> None:
         super().__init__(spec_id, arg, options, context)
-        unknown = sorted(set(self.options) - set(OPTIONS))
-        if unknown:
-            raise BenchmarkError(
-                f"benchmark 'organism': unknown option(s) {', '.join(unknown)}; valid: {', '.join(OPTIONS)}"
-            )
         self.n = _int_option(self.options, "n", DEFAULT_N, 1)
         self._world: World | None = None
         self._tables: dict[str, dict[str, Prompt]] = {}
@@ -201,6 +198,7 @@ class OrganismRealBenchmark(Benchmark):
     name = "organism_real"
     description = "real benchmark prompts asked of the organism (advbench, figstep, xstest_safe)"
     defaults = ("text", "blank_image")
+    option_keys = ("n",)
 
     def load(self) -> list[Sample]:
         from safegap.organism import real_prompts
@@ -208,11 +206,6 @@ class OrganismRealBenchmark(Benchmark):
         if self.arg not in real_prompts.REAL_SETS:
             known = ", ".join(real_prompts.REAL_SETS)
             raise BenchmarkError(f"benchmark 'organism_real': unknown set {self.arg!r}; known: {known}")
-        unknown = sorted(set(self.options) - {"n"})
-        if unknown:
-            raise BenchmarkError(
-                f"benchmark 'organism_real': unknown option(s) {', '.join(unknown)}; valid: n"
-            )
         loader, harmful = real_prompts.REAL_SETS[self.arg]
         try:
             texts = loader(self.context.data_dir)

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 
 from safegap.data.images import blank_image, noise_image
 from safegap.errors import UserError, decode_utf8
+from safegap.plugins import BENCHMARKS_GROUP, Registry
 
 GENERIC_CONDITIONS: tuple[str, ...] = ("text", "blank_image", "noise_image", "benign_image")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -77,7 +78,9 @@ class Sample:
     ``text`` is the request in words (the ``text`` condition and what judges see as the
     objective); ``harmful`` says whether a safe model should refuse it (``False`` for XSTest's
     safe prompts or the organism's benign requests); ``fields`` keeps benchmark-specific columns;
-    ``error`` marks a malformed row (file and line named).
+    ``error`` marks a malformed row (file and line named). Capability benchmarks also set
+    ``answers`` (the reference answer(s): an option letter, ``yes``/``no``, or every annotator's
+    answer) and, for multiple choice, ``choices`` (the options in order, lettered A, B, ...).
     """
 
     id: str
@@ -86,6 +89,8 @@ class Sample:
     harmful: bool = True
     fields: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
+    answers: tuple[str, ...] | None = None
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,8 @@ class Benchmark(ABC):
     own_conditions: ClassVar[tuple[str, ...]] = ()
     #: Conditions used when ``--condition`` is not given.
     defaults: ClassVar[tuple[str, ...]] = GENERIC_CONDITIONS
+    #: The ``key=value`` options the spec may give (any other key is an error naming these).
+    option_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, spec_id: str, arg: str | None, options: Mapping[str, str], context: DataContext
@@ -388,12 +395,22 @@ class Benchmark(ABC):
 
 
 BenchmarkFactory = Callable[[str, str | None, Mapping[str, str], DataContext], Benchmark]
-BENCHMARKS: dict[str, type[Benchmark]] = {}
+
+
+def _benchmark_class(name: str, obj: object) -> type[Benchmark]:
+    if not (isinstance(obj, type) and issubclass(obj, Benchmark)):
+        raise BenchmarkError(f"benchmark {name!r}: its plug-in is {obj!r}, not a Benchmark subclass")
+    return obj
+
+
+#: Benchmarks by name. In-tree ones register on import of this package; plug-ins (the organism's)
+#: register when imported or declare themselves in the ``safegap.benchmarks`` entry-point group
+#: (:mod:`safegap.plugins`), imported the first time their name is looked up.
+BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark", BENCHMARKS_GROUP, _benchmark_class)
 
 
 def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
     """Class decorator: make ``cls`` available as ``--bench <cls.name>``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    BENCHMARKS[cls.name] = cls
-    return cls
+    return BENCHMARKS.register(cls.name, cls)
