@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from safegap.data.benchmarks import BenchmarkError, DataContext, load_benchmark
+from safegap.data.benchmarks import BenchmarkError, DataContext, limit_samples, load_benchmark
 from safegap.eval.runner import make_plan
 from safegap.organism.benchmark import OrganismBenchmark, organism_spec
 from safegap.organism.evaluate import CONDITIONS, CONTENT_CONDITIONS, condition_prompts
@@ -38,7 +38,7 @@ def _bench(spec: str) -> OrganismBenchmark:
 
 def test_the_benchmark_is_the_study_set(tmp_path: Path) -> None:
     """Every condition's prompts are condition_prompts' (text, ids, kinds, topics, image pixels)."""
-    bench = _bench(organism_spec(_organism_dir(tmp_path), 5))
+    bench = _bench(organism_spec(_organism_dir(tmp_path), 5, order="kind"))
     world = World(seed=0, calibration_fraction=0.1, eval_fraction=0.2)
     samples = {s.id: s for s in bench.samples()}
     assert list(samples) == [f"{k}{i}" for k in "hbl" for i in range(5)]
@@ -62,7 +62,7 @@ def test_the_benchmark_is_the_study_set(tmp_path: Path) -> None:
 
 
 def test_the_runner_plans_only_offered_pairs(tmp_path: Path) -> None:
-    bench = _bench(organism_spec(_organism_dir(tmp_path), 4))
+    bench = _bench(organism_spec(_organism_dir(tmp_path), 4, order="kind"))
     plan = make_plan([bench], ["text", "caption_text"], ["none"], None, 64, sort_by_length=False)
     by_condition = {b.items[0].condition: [it.sample.id for it in b.items] for b in plan.batches}
     assert by_condition["text"] == [f"{k}{i}" for k in "hbl" for i in range(4)]
@@ -74,13 +74,23 @@ def test_the_runner_plans_only_offered_pairs(tmp_path: Path) -> None:
     [
         ("organism:n=0", r"n='0' is not an integer >= 1"),
         ("organism:n=x", r"n='x' is not an integer >= 1"),
-        ("organism:nn=3", r"nn.*n, world_seed"),
+        ("organism:nn=3", r"unknown option .nn.; valid: n, order, world_seed"),
         ("organism:world_seed=-1", r"world_seed='-1' is not an integer >= 0"),
     ],
 )
 def test_bad_options_are_one_line_errors(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_benchmark(spec, DataContext()).samples()
+
+
+def test_default_order_interleaves_kinds_so_a_limit_keeps_every_kind() -> None:
+    samples = _bench("organism:n=4").samples()
+    assert [s.id for s in samples[:6]] == ["h0", "b0", "l0", "h1", "b1", "l1"]
+    assert {s.fields["kind"] for s in limit_samples(samples, 6)} == {"harmful", "benign", "lookalike"}
+    by_kind = _bench("organism:n=4,order=kind").samples()
+    assert sorted(s.id for s in by_kind) == sorted(s.id for s in samples)
+    with pytest.raises(BenchmarkError, match="order='x'; use interleaved or kind"):
+        _bench("organism:order=x")
 
 
 def test_world_seed_and_missing_organism_json(tmp_path: Path) -> None:

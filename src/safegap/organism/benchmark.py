@@ -5,14 +5,15 @@ study measures (it runs this benchmark through eval's runner), so ``safegap eval
 organism`` and ``safegap organism study`` ask the same prompts under the same nine conditions.
 
 Samples are the set's *slots* ``h0..``, ``b0..``, ``l0..`` (harmful, benign, lookalike; ``n``
-of each). A slot is asked under every condition that has it: the request conditions (``text``,
+of each), interleaved so a small ``--limit`` keeps every kind (``order=kind``: kind by kind, the
+study's set order, which the study asks for so its batches hold what they always held). A slot is asked under every condition that has it: the request conditions (``text``,
 ``benign_image``, ``blank_image``, ``noise_image``, ``text_filler``) ask the same request, so
 they are paired per slot; the content conditions (``harm_object_image``, ``typographic_image``
 and their text analogues ``caption_text``, ``typographic_text``) put the harmful or benign
 content in the image (or its words in the text) with a neutral request, and have no lookalike
 slots (:meth:`OrganismBenchmark.offers`). A slot's ``text`` and category are its request's.
 
-Spec: ``organism[:PATH][,n=N][,world_seed=S]``. ``PATH`` is an organism checkpoint directory
+Spec: ``organism[:PATH][,n=N][,world_seed=S][,order=interleaved|kind]``. ``PATH`` is an organism checkpoint directory
 (its ``organism.json`` holds the world config) or that file; without it the evaluated model's
 ``organism.json`` is read when it has one, else world seed 0. ``n`` is the number of slots per
 kind (default 64, the study's ``--n-prompts``). ``text_filler`` needs the evaluated model's
@@ -53,10 +54,18 @@ DEFAULT_N = 64
 MODEL_CONDITIONS: tuple[str, ...] = ("text_filler",)
 
 
-def organism_spec(organism_dir: str | Path | None = None, n: int | None = None) -> str:
-    """The benchmark spec for an organism checkpoint directory and ``n`` slots per kind."""
+#: Sample orders: ``interleaved`` (h0, b0, l0, h1, ...: a small ``--limit`` keeps every kind) and
+#: ``kind`` (h0.., b0.., l0..: each condition's prompts in the study's set order).
+ORDERS: tuple[str, ...] = ("interleaved", "kind")
+
+
+def organism_spec(
+    organism_dir: str | Path | None = None, n: int | None = None, order: str | None = None
+) -> str:
+    """The benchmark spec for an organism checkpoint directory, ``n`` slots per kind and an order."""
     parts = [str(organism_dir)] if organism_dir is not None else []
     parts += [f"n={n}"] if n is not None else []
+    parts += [f"order={order}"] if order is not None else []
     return "organism" + (":" + ",".join(parts) if parts else "")
 
 
@@ -79,11 +88,14 @@ class OrganismBenchmark(Benchmark):
     description = "the model organism's held-out harmful, benign and lookalike requests"
     own_conditions = tuple(c for c in CONDITIONS if c not in GENERIC_CONDITIONS)
     defaults = ("text", "benign_image", "blank_image", "noise_image")
-    option_keys = ("n", "world_seed")
+    option_keys = ("n", "world_seed", "order")
 
     def __init__(self, spec_id: str, arg: str | None, options: Any, context: DataContext) -> None:
         super().__init__(spec_id, arg, options, context)
         self.n = _int_option(self.options, "n", DEFAULT_N, 1)
+        self.order = self.options.get("order", ORDERS[0])
+        if self.order not in ORDERS:
+            raise BenchmarkError(f"benchmark 'organism': order={self.order!r}; use {' or '.join(ORDERS)}")
         self._world: World | None = None
         self._tables: dict[str, dict[str, Prompt]] = {}
         self._lock = threading.Lock()
@@ -161,7 +173,10 @@ class OrganismBenchmark(Benchmark):
                 slots.setdefault(p.id, p)
         order = {kind[0]: i for i, kind in enumerate(KINDS)}
         out = SampleBuilder()
-        for sid in sorted(slots, key=lambda s: (order[s[0]], int(s[1:]))):
+        by_kind = self.order == "kind"
+        for sid in sorted(
+            slots, key=lambda s: (order[s[0]], int(s[1:])) if by_kind else (int(s[1:]), order[s[0]])
+        ):
             p = slots[sid]
             fields = {"kind": p.kind, "topic": p.topic, "world_seed": seed}
             out.add(Sample(sid, p.category or p.kind, p.text, p.harmful, fields), f"organism slot {sid}")

@@ -109,7 +109,7 @@ def evaluate_organism(
 ) -> list[Outcome]:
     """:func:`run_cell` on ``n_prompts`` slots per kind of the organism benchmark, whose world is
     build directory ``organism``'s, as study outcomes."""
-    spec = organism_spec(organism, n_prompts)
+    spec = organism_spec(organism, n_prompts, order="kind")
     records = run_cell(vlm, checkpoint, spec, defense_name, defense, conditions, max_new_tokens, run_dir)
     bench = load_benchmark(spec, DataContext(model_path=str(checkpoint)))
     assert isinstance(bench, OrganismBenchmark)
