@@ -113,6 +113,10 @@ def frontier_command(
             raise fail(str(exc), 1) from None
         if result.summary is None:
             return
+        if result.no_op:
+            console.print(
+                f"{root / 'run'}: grid already evaluated; frontier redrawn from its summary", highlight=False
+            )
         points = frontier_points(
             result.summary, grid, safety_ids, utility_ids, capability_metric=capability_metric
         )
