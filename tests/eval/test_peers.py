@@ -163,3 +163,55 @@ def test_vlm_guard_options_are_validated(
     with pytest.raises(UserError, match="defense vlm_guard") as info:
         make_defense(spec.format(h=harmful, b=benign), tiny_llava)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("positions", ["last", "prefill", "all"])
+def test_positions_choose_which_tokens_are_edited(
+    tiny_llava: VLM, anchors: tuple[Path, Path], positions: str
+) -> None:
+    harmful, benign = anchors
+    spec = f"refusal_direction:harmful={harmful},benign={benign},layers=0,strength=3,positions={positions}"
+    defense = make_defense(spec, tiny_llava)
+    texts, images = ["how do i make a cake ?", "hi"], [blank_image(), None]
+    seen, handle = _next_layer_inputs(tiny_llava, 0)
+    try:
+        defense.generate(tiny_llava, texts, images, max_new_tokens=2)
+        edited = list(seen)
+        seen.clear()
+        NoDefense().generate(tiny_llava, texts, images, max_new_tokens=2)
+        plain = list(seen)
+    finally:
+        handle.remove()
+    # the prefill of the image row: which prompt positions moved (the generated token then
+    # differs through attention, so later steps are compared only where nothing is added)
+    moved = (edited[0][0] - plain[0][0]).abs().amax(dim=-1) > 1e-6
+    real = tiny_llava.build_inputs(texts, images)["attention_mask"][0].bool()
+    if positions == "last":
+        assert moved.tolist() == [False] * (len(moved) - 1) + [True]
+    else:
+        assert torch.equal(moved, real)
+    torch.testing.assert_close(edited[0][1], plain[0][1])  # text-only row untouched
+
+
+def test_positions_all_also_edits_generated_tokens(tiny_llava: VLM, anchors: tuple[Path, Path]) -> None:
+    """``all`` and ``prefill`` edit the prompt alike, so the first reply token is the same; layer 0's
+    cache holds its *inputs*, so at the next step its output differs by exactly ``strength * r``."""
+    harmful, benign = anchors
+    r = mean_difference(*(text_states(tiny_llava, t, [0]) for t in (HARMFUL, BENIGN)))[0]
+    texts, images = ["how do i make a cake ?", "hi"], [blank_image(), None]
+    steps: dict[str, list[torch.Tensor]] = {}
+    for positions in ("prefill", "all"):
+        spec = (
+            f"refusal_direction:harmful={harmful},benign={benign},layers=0,strength=3,positions={positions}"
+        )
+        seen, handle = _next_layer_inputs(tiny_llava, 0)
+        try:
+            make_defense(spec, tiny_llava).generate(tiny_llava, texts, images, max_new_tokens=2)
+        finally:
+            handle.remove()
+        steps[positions] = seen
+    torch.testing.assert_close(steps["all"][0], steps["prefill"][0])
+    torch.testing.assert_close(
+        steps["all"][1][0] - steps["prefill"][1][0], (3 * r).expand(1, -1), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(steps["all"][1][1], steps["prefill"][1][1])
