@@ -176,3 +176,27 @@ def test_json_and_plot(tmp_path: Path) -> None:
     png = tmp_path / "frontier.png"
     plot_frontier(points, "capability", png, title="test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_capability_is_read_at_the_benchmark_own_conditions() -> None:
+    summary = _summary(True)
+    summary["metrics"].append(
+        _row(
+            "organism_vqa",
+            "text",
+            "none",
+            capability_metric="exact_match",
+            exact_match=0.25,
+            over_refusal=0.0,
+        )
+    )
+    every = frontier_points(summary, GRID[:1], ["organism"], ["organism_vqa"])[0]
+    assert every.capability is not None and every.capability.cell == "organism_vqa:text"
+    own = frontier_points(
+        summary,
+        GRID[:1],
+        ["organism"],
+        ["organism_vqa"],
+        capability_conditions={"organism_vqa": ["benign_image"]},
+    )[0]
+    assert own.capability is not None and own.capability.mean == 0.80

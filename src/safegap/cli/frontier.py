@@ -86,6 +86,15 @@ def frontier_command(
         utility_ids = [str(parse_spec(s, kind="benchmark")) for s in split_specs(utility, BENCHMARKS)]
         grid = expand_grid(split_specs(defense, DEFENSES), parse_alphas(alpha_grid), known=DEFENSES)
         conditions = [c.strip() for value in condition for c in value.split(",") if c.strip()] or None
+        # a utility benchmark's capability is read at its own default conditions (``image``),
+        # which --condition (given for the safety benchmarks) may not name
+        own = {
+            b: list(BENCHMARKS[parse_spec(b).name].defaults)
+            for b in utility_ids
+            if parse_spec(b).name in BENCHMARKS
+        }
+        if conditions is not None:
+            conditions += [c for cs in own.values() for c in cs if c not in conditions]
         root = Path(out)
         config = EvalConfig(
             model=model,
@@ -118,7 +127,12 @@ def frontier_command(
                 f"{root / 'run'}: grid already evaluated; frontier redrawn from its summary", highlight=False
             )
         points = frontier_points(
-            result.summary, grid, safety_ids, utility_ids, capability_metric=capability_metric
+            result.summary,
+            grid,
+            safety_ids,
+            utility_ids,
+            capability_metric=capability_metric,
+            capability_conditions=own,
         )
         if x_axis == "capability" and any(p.capability is None for p in points):
             missing = next(p.defense for p in points if p.capability is None)

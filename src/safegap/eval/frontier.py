@@ -17,7 +17,7 @@ Axes (every number is a ``{"mean", "ci": [lo, hi]}`` cell of ``summary["metrics"
   by the cell's ``capability_metric`` key (``summary["metrics"][i]["capability_metric"] ==
   "exact_match"`` and ``summary["metrics"][i]["exact_match"] == {"mean": .., "ci": [..]}``; the
   run's ``summary["capability"][BENCH]["metric"]`` names it too), worst cell over the utility
-  benchmarks' conditions; higher is better.
+  benchmarks' own conditions (``capability_conditions``); higher is better.
 * **x = over-refusal** otherwise (or with ``x="over_refusal"``): ``over_refusal`` (benign requests
   refused), worst (highest) cell over every benchmark of the run and its conditions; lower is
   better. Every point carries both, where measured.
@@ -205,10 +205,13 @@ def frontier_points(
     utility: Sequence[str],
     judge: str | None = None,
     capability_metric: str | None = None,
+    capability_conditions: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Point]:
     """One :class:`Point` per grid entry from a finished run's summary (axes in the module
     docstring). ``safety`` / ``utility`` are benchmark ids as the summary names them; ``judge``
-    defaults to the run's first judge."""
+    defaults to the run's first judge; ``capability_conditions`` limits a utility benchmark's
+    capability cells to its own conditions (the benchmark's defaults, e.g. ``image``: the same
+    questions without their image are not a capability measurement)."""
     rows = [r for r in summary.get("metrics") or [] if r.get("category", "all") == "all"]
     judges = list((summary.get("run") or {}).get("judge_ids") or dict.fromkeys(r["judge"] for r in rows))
     judge = judge or (judges[0] if judges else None)
@@ -236,6 +239,9 @@ def frontier_points(
         caps: list[Estimate] = []
         for r in mine:
             if r["benchmark"] not in utility:
+                continue
+            own = (capability_conditions or {}).get(r["benchmark"])
+            if own is not None and r["condition"] not in own:
                 continue
             name = capability_metric or capability_metric_of(summary, r["benchmark"], r)
             if name and (e := _estimate(r.get(name), where(r))):
