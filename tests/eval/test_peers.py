@@ -129,7 +129,7 @@ def test_refusal_direction_changes_image_replies_not_text_ones(
     [
         ("layers=0,strenght=2", "unknown option 'strenght'"),
         ("layers=9", "layer 9 is out of range"),
-        ("positions=middle", "positions='middle'; use all, prefill, last"),
+        ("policy=middle", "policy='middle'; use all, prefill, last, last+decode"),
         ("n=0", "n=0; it must be >= 1"),
         ("strength=nan", "strength"),
     ],
@@ -165,12 +165,12 @@ def test_vlm_guard_options_are_validated(
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("positions", ["last", "prefill", "all"])
-def test_positions_choose_which_tokens_are_edited(
-    tiny_llava: VLM, anchors: tuple[Path, Path], positions: str
+@pytest.mark.parametrize("policy", ["last", "prefill", "all", "last+decode"])
+def test_policy_chooses_which_prompt_tokens_are_edited(
+    tiny_llava: VLM, anchors: tuple[Path, Path], policy: str
 ) -> None:
     harmful, benign = anchors
-    spec = f"refusal_direction:harmful={harmful},benign={benign},layers=0,strength=3,positions={positions}"
+    spec = f"refusal_direction:harmful={harmful},benign={benign},layers=0,strength=3,policy={policy}"
     defense = make_defense(spec, tiny_llava)
     texts, images = ["how do i make a cake ?", "hi"], [blank_image(), None]
     seen, handle = _next_layer_inputs(tiny_llava, 0)
@@ -186,32 +186,33 @@ def test_positions_choose_which_tokens_are_edited(
     # differs through attention, so later steps are compared only where nothing is added)
     moved = (edited[0][0] - plain[0][0]).abs().amax(dim=-1) > 1e-6
     real = tiny_llava.build_inputs(texts, images)["attention_mask"][0].bool()
-    if positions == "last":
+    if policy in ("last", "last+decode"):
         assert moved.tolist() == [False] * (len(moved) - 1) + [True]
     else:
         assert torch.equal(moved, real)
     torch.testing.assert_close(edited[0][1], plain[0][1])  # text-only row untouched
 
 
-def test_positions_all_also_edits_generated_tokens(tiny_llava: VLM, anchors: tuple[Path, Path]) -> None:
-    """``all`` and ``prefill`` edit the prompt alike, so the first reply token is the same; layer 0's
-    cache holds its *inputs*, so at the next step its output differs by exactly ``strength * r``."""
+@pytest.mark.parametrize(("prompt_only", "with_decode"), [("prefill", "all"), ("last", "last+decode")])
+def test_decode_policies_also_edit_generated_tokens(
+    tiny_llava: VLM, anchors: tuple[Path, Path], prompt_only: str, with_decode: str
+) -> None:
+    """Both policies of a pair edit the prompt alike, so the first reply token is the same; layer
+    0's cache holds its *inputs*, so at the next step its output differs by exactly ``strength * r``."""
     harmful, benign = anchors
     r = mean_difference(*(text_states(tiny_llava, t, [0]) for t in (HARMFUL, BENIGN)))[0]
     texts, images = ["how do i make a cake ?", "hi"], [blank_image(), None]
     steps: dict[str, list[torch.Tensor]] = {}
-    for positions in ("prefill", "all"):
-        spec = (
-            f"refusal_direction:harmful={harmful},benign={benign},layers=0,strength=3,positions={positions}"
-        )
+    for policy in (prompt_only, with_decode):
+        spec = f"refusal_direction:harmful={harmful},benign={benign},layers=0,strength=3,policy={policy}"
         seen, handle = _next_layer_inputs(tiny_llava, 0)
         try:
             make_defense(spec, tiny_llava).generate(tiny_llava, texts, images, max_new_tokens=2)
         finally:
             handle.remove()
-        steps[positions] = seen
-    torch.testing.assert_close(steps["all"][0], steps["prefill"][0])
+        steps[policy] = seen
+    torch.testing.assert_close(steps[with_decode][0], steps[prompt_only][0])
     torch.testing.assert_close(
-        steps["all"][1][0] - steps["prefill"][1][0], (3 * r).expand(1, -1), atol=1e-4, rtol=1e-4
+        steps[with_decode][1][0] - steps[prompt_only][1][0], (3 * r).expand(1, -1), atol=1e-4, rtol=1e-4
     )
-    torch.testing.assert_close(steps["all"][1][1], steps["prefill"][1][1])
+    torch.testing.assert_close(steps[with_decode][1][1], steps[prompt_only][1][1])  # text row

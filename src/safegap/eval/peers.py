@@ -5,14 +5,14 @@ harmful and of benign text prompts (no image) at the chosen decoder layers. Then
 decoder-layer outputs (the residual stream) of rows that carry an image, and leave text-only
 rows alone, so the text-only model they were measured on is unchanged.
 
-* ``vlm_guard:SOURCE[,layers=L,k=K,alpha=A,n=N,positions=P]`` -- VLM-Guard-style projection
+* ``vlm_guard:SOURCE[,layers=L,k=K,alpha=A,n=N,policy=P]`` -- VLM-Guard-style projection
   (Liu et al., arXiv 2502.10486): the safety subspace is the top ``k`` right singular vectors of
   the harmful-minus-benign differences (each harmful state minus the mean benign state; with
   ``k=1`` this is the direction that best explains how harmful text differs), and the hook
   removes the component of each multimodal state in that subspace:
   ``h <- h - alpha * Q^T Q h`` (``Q`` orthonormal rows; ``alpha=1``, the default, is the
   orthogonal-subspace projection itself). Defaults: ``layers=all``, ``k=1``.
-* ``refusal_direction:SOURCE[,layers=L,strength=S,n=N,positions=P]`` -- the refusal direction
+* ``refusal_direction:SOURCE[,layers=L,strength=S,n=N,policy=P]`` -- the refusal direction
   of Arditi et al. (arXiv 2406.11717): ``r = mean(harmful) - mean(benign)`` per layer, added to
   the states of image inputs, ``h <- h + strength * r``. Defaults: ``strength=1``, ``layers`` =
   the middle decoder layer (``num_layers // 2``), the one layer a single added direction is
@@ -22,9 +22,11 @@ Anchors: ``SOURCE`` is a labelled anchor source of :func:`safegap.steer.anchors.
 that takes ``kind=harmful|benign`` (``organism:calibration``: the defense loads
 ``organism:calibration,kind=harmful`` and ``...,kind=benign``), or give two files with
 ``harmful=PATH,benign=PATH`` (``.txt``, ``.csv``, ``.jsonl``; images in them are ignored).
-``n`` keeps at most N prompts of each kind. ``positions``: ``all`` (default: every prompt token
-and every generated token), ``prefill`` (prompt tokens only) or ``last`` (the last prompt token
-only). Layers use the one grammar of :mod:`safegap.specs`.
+``n`` keeps at most N prompts of each kind. ``policy`` says which tokens of an image row are
+edited, with the names of CMRM's position policies: ``all`` (default: every prompt token and every
+generated token), ``prefill`` (every prompt token), ``last`` (the last prompt token) or
+``last+decode`` (the last prompt token and every generated token). Layers use the one grammar of
+:mod:`safegap.specs`.
 
 The hooks are plain forward hooks on the adapter's decoder layers
 (:mod:`safegap.models.hooks`); nothing here depends on the CMRM steering engine.
@@ -48,10 +50,10 @@ from safegap.probe.record import record
 from safegap.specs import Spec, resolve_layers
 from safegap.steer.anchors import load_anchors
 
-POSITIONS = ("all", "prefill", "last")
+POLICIES = ("all", "prefill", "last", "last+decode")
 ANCHOR_OPTIONS = ("harmful", "benign", "n")
-VLM_GUARD_OPTIONS = (*ANCHOR_OPTIONS, "layers", "k", "alpha", "positions")
-REFUSAL_DIRECTION_OPTIONS = (*ANCHOR_OPTIONS, "layers", "strength", "positions")
+VLM_GUARD_OPTIONS = (*ANCHOR_OPTIONS, "layers", "k", "alpha", "policy")
+REFUSAL_DIRECTION_OPTIONS = (*ANCHOR_OPTIONS, "layers", "strength", "policy")
 
 #: ``(layer, hidden) -> edited hidden`` for every position (the hook keeps only the chosen ones).
 Edit = Callable[[int, torch.Tensor], torch.Tensor]
@@ -116,13 +118,11 @@ class _Rows:
     calls: dict[int, int] = field(default_factory=dict)
 
 
-def _hooked_edit(
-    state: _Rows, edit: Edit, positions: str
-) -> Callable[[int, torch.Tensor], torch.Tensor | None]:
+def _hooked_edit(state: _Rows, edit: Edit, policy: str) -> Callable[[int, torch.Tensor], torch.Tensor | None]:
     def fn(layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
         prefill = state.calls.get(layer, 0) == 0
         state.calls[layer] = state.calls.get(layer, 0) + 1
-        if not bool(state.image.any()) or (not prefill and positions != "all"):
+        if not bool(state.image.any()) or (not prefill and policy not in ("all", "last+decode")):
             return None
         if hidden.shape[0] != state.image.shape[0]:
             raise RuntimeError(
@@ -134,7 +134,7 @@ def _hooked_edit(
                     f"layer {layer}: prefill of {hidden.shape[1]} tokens, prompt has {state.attention.shape[1]}"
                 )
             where = state.attention.bool()
-            if positions == "last":  # left padding: the last column is every row's last token
+            if policy in ("last", "last+decode"):  # left padding: the last column is every row's last token
                 where = torch.zeros_like(where)
                 where[:, -1] = True
         else:
@@ -151,7 +151,7 @@ class LayerEditDefense:
 
     edit: Edit
     layers: list[int]
-    positions: str = "all"
+    policy: str = "all"
     id: str = "peer"
     batch_size: int = 8
     generation_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -188,7 +188,7 @@ class LayerEditDefense:
                     image=vlm.adapter.image_token_mask(ids).any(dim=1),
                     attention=inputs.get("attention_mask", torch.ones_like(ids)),
                 )
-                fn = _hooked_edit(state, self.edit, self.positions)
+                fn = _hooked_edit(state, self.edit, self.policy)
                 with layer_hooks(vlm.adapter.decoder_layers, fn, self.layers):
                     new_ids = generate_ids(vlm, inputs, max_new_tokens, **self.generation_kwargs)
                 decoded = vlm.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
@@ -219,11 +219,11 @@ def _float_option(spec: Spec, key: str, default: float) -> float:
         raise _fail(spec, str(exc)) from None
 
 
-def _positions(spec: Spec) -> str:
-    positions = spec.options.get("positions", "all")
-    if positions not in POSITIONS:
-        raise _fail(spec, f"positions={positions!r}; use {', '.join(POSITIONS)}")
-    return positions
+def _policy(spec: Spec) -> str:
+    policy = spec.options.get("policy", "all")
+    if policy not in POLICIES:
+        raise _fail(spec, f"policy={policy!r}; use {', '.join(POLICIES)}")
+    return policy
 
 
 def _layers(spec: Spec, vlm: VLM, default: str) -> list[int]:
@@ -283,12 +283,12 @@ def _anchor_states(
 
 
 def make_vlm_guard(spec: Spec, vlm: VLM) -> Defense:
-    """``vlm_guard:SOURCE[,layers=,k=,alpha=,n=,positions=]`` (module docstring)."""
+    """``vlm_guard:SOURCE[,layers=,k=,alpha=,n=,policy=]`` (module docstring)."""
     spec.check_options(VLM_GUARD_OPTIONS, "defense")
     layers = _layers(spec, vlm, "all")
     k = _int_option(spec, "k", 1)
     alpha = _float_option(spec, "alpha", 1.0)
-    positions = _positions(spec)
+    policy = _policy(spec)
     harmful, benign, provenance = _anchor_states(vlm, spec, layers)
     try:
         bases = safety_subspace(harmful, benign, k)
@@ -301,16 +301,16 @@ def make_vlm_guard(spec: Spec, vlm: VLM) -> Defense:
         return project_out(hidden, basis, alpha)
 
     return LayerEditDefense(
-        edit, layers, positions, id=str(spec), provenance={**provenance, "k": k, "alpha": alpha}
+        edit, layers, policy, id=str(spec), provenance={**provenance, "k": k, "alpha": alpha}
     )
 
 
 def make_refusal_direction(spec: Spec, vlm: VLM) -> Defense:
-    """``refusal_direction:SOURCE[,layers=,strength=,n=,positions=]`` (module docstring)."""
+    """``refusal_direction:SOURCE[,layers=,strength=,n=,policy=]`` (module docstring)."""
     spec.check_options(REFUSAL_DIRECTION_OPTIONS, "defense")
     layers = _layers(spec, vlm, str(vlm.adapter.num_layers // 2))
     strength = _float_option(spec, "strength", 1.0)
-    positions = _positions(spec)
+    policy = _policy(spec)
     harmful, benign, provenance = _anchor_states(vlm, spec, layers)
     directions = mean_difference(harmful, benign)
     cache: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
@@ -321,5 +321,5 @@ def make_refusal_direction(spec: Spec, vlm: VLM) -> Defense:
         return hidden + delta
 
     return LayerEditDefense(
-        edit, layers, positions, id=str(spec), provenance={**provenance, "strength": strength}
+        edit, layers, policy, id=str(spec), provenance={**provenance, "strength": strength}
     )
