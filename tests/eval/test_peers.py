@@ -216,3 +216,14 @@ def test_decode_policies_also_edit_generated_tokens(
         steps[with_decode][1][0] - steps[prompt_only][1][0], (3 * r).expand(1, -1), atol=1e-4, rtol=1e-4
     )
     torch.testing.assert_close(steps[with_decode][1][1], steps[prompt_only][1][1])  # text row
+
+
+def test_peers_compose_under_wrappers(tiny_llava: VLM, anchors: tuple[Path, Path]) -> None:
+    from safegap.eval.wrappers import build_defense
+
+    harmful, benign = anchors
+    spec = f"system_prompt+refusal_direction:harmful={harmful},benign={benign},strength=2"
+    defense = build_defense(spec, tiny_llava)
+    assert defense.id == spec
+    assert isinstance(defense.inner, LayerEditDefense)  # type: ignore[attr-defined]
+    assert len(defense.generate(tiny_llava, ["hi"], [blank_image()], 3)) == 1
