@@ -3,7 +3,9 @@ chance per cell, paired differences against ``none``, fluency per defense, and t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,3 +137,65 @@ def test_safety_records_get_no_capability_fields() -> None:
     row = summary["metrics"][0]
     assert "capability_metric" not in row and "chance" not in row and "capability" not in summary
     assert set(row["fluency"]) == {"distinct_1", "distinct_2", "repetition_4"}
+
+
+def test_cli_eval_scores_a_pope_fixture(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """A capability loader's fixture through ``safegap eval``: accuracy with its interval and
+    POPE's chance per condition and defense, paired differences against ``none``, the table."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from safegap.cli.main import app
+
+    folder = tmp_path / "data" / "pope"
+    (folder / "val2014").mkdir(parents=True)
+    rows = []
+    for i, (colour, label) in enumerate([("red", "yes"), ("blue", "no"), ("green", "yes"), ("black", "no")]):
+        Image.new("RGB", (16, 16), colour).save(folder / "val2014" / f"im{i}.png")
+        rows.append({"question_id": i, "image": f"im{i}.png", "text": "Is there a car?", "label": label})
+    (folder / "coco_pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(tiny_llava_path),
+            "--bench",
+            "pope:split=random",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--condition",
+            "image,text",
+            "--defense",
+            "none,system_prompt",
+            "--max-new-tokens",
+            "4",
+            "--perplexity",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    cells = [r for r in summary["metrics"] if r["category"] == "all"]
+    assert {(r["condition"], r["defense"]) for r in cells} == {
+        (c, d) for c in ("image", "text") for d in ("none", "system_prompt")
+    }
+    for r in cells:
+        assert r["capability_metric"] == "accuracy" and r["chance"] == 0.5 and r["n_scored"] == 4
+        assert set(r["accuracy"]) == {"mean", "ci"} and r["accuracy"]["ci"][0] <= r["accuracy"]["mean"]
+        assert r["fluency"]["perplexity"] > 1.0  # --perplexity: the replies under the model's LM
+    assert summary["capability"] == {
+        "pope:split=random": {"scorer": "pope", "metric": "accuracy", "chance": 0.5}
+    }
+    diffs = [d for d in summary["differences"] if d["metric"] == "accuracy" and d["compare"] == "defense"]
+    assert {(d["condition"], d["other"], d["baseline"]) for d in diffs if d["category"] == "all"} == {
+        ("image", "system_prompt", "none"),
+        ("text", "system_prompt", "none"),
+    }
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert all(r["score"]["metric"] == "pope" for r in records)
+    assert all(r["fluency"]["tokens"] > 0 and r["fluency"]["nll"] > 0 for r in records)
+    assert json.loads((out / "config.json").read_text())["perplexity"] is True
+    assert "accuracy" in result.output and "chance" in result.output  # the table column (wraps at 80)

@@ -20,7 +20,8 @@ A capability benchmark's cells add its metric under its own name (``capability_m
 (:mod:`safegap.eval.scoring.records`; judge-independent, the same in every judge's row),
 ``chance`` (uniform guessing, same units; ``null`` when undefined) and ``n_scored``; the
 top-level ``capability`` names each such benchmark's scorer, metric and chance. Every cell has
-``fluency`` (distinct-1, distinct-2, repetition-4 of its replies, :mod:`safegap.eval.fluency`). ``differences`` compare each defense with the baseline defense (``none``
+``fluency`` (distinct-1, distinct-2, repetition-4 of its replies, :mod:`safegap.eval.fluency`;
+with ``--perplexity`` also ``perplexity``, pooled over the records' ``fluency`` NLLs). ``differences`` compare each defense with the baseline defense (``none``
 when run, else the first) and each condition with ``text`` on the same samples (``other - baseline``;
 paired bootstrap: per-sample differences resampled together), capability metrics included. ``agreement`` gives Cohen's kappa between every pair of
 judges.
@@ -28,6 +29,7 @@ judges.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from itertools import combinations
 from typing import Any
@@ -137,10 +139,19 @@ def metric_rows(
                     values = [v for r in scored if (v := metric_value(r, judge, metric)) is not None]
                     row[metric] = _estimate(values, n_boot, seed)
                 row.update(capability_cell(subset, n_boot, seed))
-                row["fluency"] = fluency_summary(
-                    [str(r["generation"]) for r in subset if not r.get("error") and r.get("generation")]
-                )
+                row["fluency"] = cell_fluency(subset)
                 out.append(row)
+    return out
+
+
+def cell_fluency(rows: Sequence[Record]) -> dict[str, float | None]:
+    """Distinct-1/2 and repetition-4 of a cell's replies; with ``--perplexity``, also the
+    corpus perplexity (``exp(total NLL / total tokens)``) of the replies that were scored."""
+    out = fluency_summary([str(r["generation"]) for r in rows if not r.get("error") and r.get("generation")])
+    scored = [r["fluency"] for r in rows if isinstance(r.get("fluency"), dict) and "tokens" in r["fluency"]]
+    if scored:
+        tokens = sum(int(f["tokens"]) for f in scored)
+        out["perplexity"] = math.exp(sum(float(f["nll"]) for f in scored) / tokens) if tokens else None
     return out
 
 
