@@ -97,7 +97,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
     if args.worker in ("streaming", "exact"):
         mode = "fast" if args.worker == "streaming" else "exact"
         result = stream_gap(source, list(range(layers)), dim, device=device, mode=mode)
-        per_layer, mir, passes = result.per_layer("fd"), result.mir, result.passes
+        per_layer, mir, passes = result.mir_per_layer, result.mir, result.passes
     else:
         stored_image: list[list[torch.Tensor]] = [[] for _ in range(layers)]
         stored_text: list[list[torch.Tensor]] = [[] for _ in range(layers)]

@@ -3,7 +3,7 @@
 Model: the tiny LLaVA of ``bench_cmrm.py`` (CLIP 128 x 2, Llama 512 x 8, 42.9 M parameters).
 Vectors: one CMRM shift calibrated on 8 anchors. Both libraries add the same vector to every
 decoder layer's output at every position of every row (safegap: ``positions="all"``,
-``rows="all"``, its subtract operator h + alpha v; steering-vectors 0.12.2: ``SteeringVector.apply``
+``rows="all"``, its add operator h + alpha v; steering-vectors 0.12.2: ``SteeringVector.apply``
 with the explicit layer template), around the same greedy ``generate`` of 32 new
 tokens for 8 prompts; the generated tokens are checked identical before timing.
 

@@ -3,6 +3,8 @@ plug-in rejects an unknown option key in one line naming the valid keys."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from safegap.errors import UserError
@@ -178,3 +180,18 @@ def test_gap_data_source_unknown_key() -> None:
 
     with pytest.raises(UserError, match="^organism data: unknown option 'k'; valid: n, world_seed$"):
         resolve_data("organism:eval,k=1")
+
+
+def test_cli_misspelt_benchmark_option_exits_2_before_loading_a_model(tmp_path: Path) -> None:
+    """The issue's case: ``text_csv:F,catgory=x`` used to run to exit 0 with the option ignored."""
+    from typer.testing import CliRunner
+
+    from safegap.cli.main import app
+
+    csv_file = tmp_path / "f.csv"
+    csv_file.write_text("prompt\nhello\n", encoding="utf-8")
+    args = ["eval", "--model", str(tmp_path / "no-model"), "--bench", f"text_csv:{csv_file},catgory=x"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "benchmark text_csv: unknown option 'catgory'; valid: category, id, label, prompt" in result.output
+    assert "Traceback" not in result.output

@@ -22,6 +22,7 @@ This module imports nothing from safegap but :mod:`safegap.errors`, so every lay
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -191,10 +192,15 @@ def resolve_layers(layers: Layers, num_layers: int, what: str = "layers") -> lis
     origin = f"{what}={raw if not isinstance(layers, int) else layers}"
     if not raw:
         raise UserError(f"{origin}: no layers")
+    indices = []
     for item in raw:
-        if isinstance(item, bool) or not isinstance(item, int):
+        try:  # ints, and numpy / torch integer scalars
+            indices.append(operator.index(item) if not isinstance(item, bool) else None)
+        except TypeError:
+            indices.append(None)
+        if indices[-1] is None:
             raise UserError(f"{origin}: {item!r} is not a layer index; {_USAGE}")
-    return sorted({_index(i, num_layers, origin) for i in raw})
+    return sorted({_index(i, num_layers, origin) for i in indices if i is not None})
 
 
 def resolve_within(

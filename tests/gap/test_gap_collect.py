@@ -62,7 +62,7 @@ def test_measured_gap_agrees_with_direct_computation(llava: VLM, records: list[G
     image = [torch.cat([b.image[i] for b in batches]) for i in layers]
     text = [torch.cat([b.text[i] for b in batches]) for i in layers]
     per_layer, mir = mir_direct(image, text)
-    assert all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(result.per_layer("fd"), per_layer, strict=True))
+    assert all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(result.mir_per_layer, per_layer, strict=True))
     assert abs(result.mir - mir) <= 1e-6
     assert result.probe is not None and result.probe_layer == 1 and result.probe.split == "by_sample"
     assert result.layers[0].image_tokens == 16 * len(records)
@@ -71,7 +71,7 @@ def test_measured_gap_agrees_with_direct_computation(llava: VLM, records: list[G
 def test_batch_size_changes_nothing_beyond_float_noise(llava: VLM, records: list[GapRecord]) -> None:
     one = measure_gap(llava, records, [0, 1], batch_size=1, probe_layer=None)
     many = measure_gap(llava, records, [0, 1], batch_size=4, probe_layer=None)
-    for a, b in zip(one.per_layer("fd"), many.per_layer("fd"), strict=True):
+    for a, b in zip(one.mir_per_layer, many.mir_per_layer, strict=True):
         assert abs(a - b) <= 1e-4 * abs(a)
 
 
@@ -109,4 +109,4 @@ def test_text_filler_control_is_measured_like_the_image(llava: VLM) -> None:
     assert result.layers[0].image_tokens == int(first.sum()) and result.layers[0].text_tokens == int(
         second.sum()
     )
-    assert all(fd > 0 for fd in result.per_layer("fd"))
+    assert all(fd > 0 for fd in result.mir_per_layer)

@@ -133,7 +133,7 @@ def test_streaming_mir_matches_direct(outliers: bool) -> None:
     result = stream_gap(chunked(image, text, 7, 3), [0, 1, 2], 12, outliers=outliers, mode="exact")
     per_layer, mir = mir_direct(image, text, outliers=outliers)
     assert result.passes == (3 if outliers else 1)
-    for got, want in zip(result.per_layer("fd"), per_layer, strict=True):
+    for got, want in zip(result.mir_per_layer, per_layer, strict=True):
         assert relclose(got, want)
     assert relclose(result.mir, mir)
     if outliers:
@@ -156,7 +156,7 @@ def test_streaming_mir_property(
     image, text = token_layers(n_img, n_txt, d, 2, seed)
     result = stream_gap(chunked(image, text, img_cuts, txt_cuts), [0, 1], d, mode="exact")
     per_layer, _ = mir_direct(image, text)
-    for got, want in zip(result.per_layer("fd"), per_layer, strict=True):
+    for got, want in zip(result.mir_per_layer, per_layer, strict=True):
         assert abs(got - want) <= 1e-6 * max(abs(want), 1e-3)
 
 

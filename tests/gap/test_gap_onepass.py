@@ -57,7 +57,7 @@ def test_one_pass_matches_the_accurate_definition(scipy_cross: bool) -> None:
     result = stream_gap(chunked(image, text, 700, 300), [0, 1], 48)
     per_layer, mir = mir_direct(image, text, cross="scipy" if scipy_cross else "eigh")
     assert result.passes == 1 and result.mode == "fast"
-    assert worst(result.per_layer("fd"), per_layer) <= 1e-4
+    assert worst(result.mir_per_layer, per_layer) <= 1e-4
     assert abs(result.mir - mir) <= 1e-4 * abs(mir)
     for layer, x, t in zip(result.layers, image, text, strict=True):  # the outlier set is MIR's own
         assert layer.image_outliers == replace_outliers_direct(x.double())[1] > 0
@@ -90,7 +90,7 @@ def test_one_pass_with_float64_products_is_exact_on_a_short_stream() -> None:
     image, text = llava_like(300, 70, 12, 2, 3)
     fast = stream_gap(chunked(image, text, 40, 9), [0, 1], 12, gemm_dtype=torch.float64)
     per_layer, _ = mir_direct(image, text)
-    assert worst(fast.per_layer("fd"), per_layer) <= 1e-9
+    assert worst(fast.mir_per_layer, per_layer) <= 1e-9
 
 
 def test_histogram_median_exact_then_close_then_refined() -> None:
@@ -144,7 +144,7 @@ def test_organism_states_agree_with_the_accurate_definition(llava: VLM) -> None:
     fast = measure_gap(llava, records, layers, batch_size=4, probe_layer=None)
     exact = measure_gap(llava, records, layers, batch_size=4, probe_layer=None, mode="exact")
     assert fast.passes == 1 and exact.passes == 3
-    assert worst(fast.per_layer("fd"), per_layer) <= 1e-4
+    assert worst(fast.mir_per_layer, per_layer) <= 1e-4
     assert abs(fast.mir - mir) <= 1e-4 * abs(mir)
-    assert worst(exact.per_layer("fd"), per_layer) <= 1e-4
+    assert worst(exact.mir_per_layer, per_layer) <= 1e-4
     assert fast.per_layer("image_outliers") == exact.per_layer("image_outliers")

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safegap.steer.operators import check_direction, gate, gated, project, resolve_operator, subtract
+from safegap.steer.operators import add, check_direction, gate, gated, project, resolve_operator
 
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 alphas = st.floats(min_value=-3.0, max_value=3.0, allow_nan=False)
@@ -19,10 +19,10 @@ def rand(seed: int, *shape: int) -> torch.Tensor:
 
 @given(seeds, alphas)
 @settings(max_examples=30, deadline=None)
-def test_subtract_adds_alpha_v(seed: int, alpha: float) -> None:
+def test_add_adds_alpha_v(seed: int, alpha: float) -> None:
     h, v = rand(seed, 4, 5, 16), rand(seed + 1, 16)
-    assert torch.allclose(subtract(h, v, alpha), h + alpha * v)
-    assert torch.equal(subtract(h, v, 0.0), h)
+    assert torch.allclose(add(h, v, alpha), h + alpha * v)
+    assert torch.equal(add(h, v, 0.0), h)
 
 
 @given(seeds, alphas, st.floats(min_value=0.1, max_value=10.0))
@@ -36,10 +36,10 @@ def test_project_keeps_only_the_component_along_the_direction(seed: int, alpha: 
     assert torch.allclose(change, (alpha * (v @ unit) * unit).expand_as(change), atol=1e-10)
     # invariant to the direction's length and sign
     assert torch.allclose(project(h, v, alpha, direction=-scale * u), out, atol=1e-10)
-    # a direction orthogonal to v leaves h unchanged; v itself gives plain subtract
+    # a direction orthogonal to v leaves h unchanged; v itself gives plain add
     ortho = u - (u @ v) / (v @ v) * v
     assert torch.allclose(project(h, v, alpha, direction=ortho), h, atol=1e-9)
-    assert torch.allclose(project(h, v, alpha, direction=v), subtract(h, v, alpha), atol=1e-10)
+    assert torch.allclose(project(h, v, alpha, direction=v), add(h, v, alpha), atol=1e-10)
 
 
 def test_gate_is_the_clamped_fraction_along_the_segment_from_reference() -> None:
@@ -78,7 +78,7 @@ def test_gated_computes_the_gate_in_float32_for_half_precision() -> None:
 
 
 def test_operator_lookup_and_direction_checks() -> None:
-    assert resolve_operator("subtract") is subtract
+    assert resolve_operator("add") is add
     assert resolve_operator(project) is project
     with pytest.raises(ValueError, match="unknown operator 'nope'"):
         resolve_operator("nope")

@@ -72,6 +72,11 @@ def eval_command(
         "--long-prompts",
         help="A prompt longer than the model takes: error (an errored sample) or truncate (cut, recorded).",
     ),
+    perplexity: bool = typer.Option(
+        False,
+        "--perplexity",
+        help="Also score each reply's perplexity under the model's own LM (one forward pass more).",
+    ),
     quiet: bool = typer.Option(
         False, "--quiet", help="No progress bars and no result table (see OUT/summary.json)."
     ),
@@ -112,6 +117,7 @@ def eval_command(
             progress=not quiet,
             sort_by_length=not keep_order,
             long_prompts=long_prompts,
+            perplexity=perplexity,
         )
         try:
             result = run_eval(config, console=console)

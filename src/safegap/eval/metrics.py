@@ -13,19 +13,29 @@ generation failed, the image was missing, the row was malformed, or the judge fa
   requests) that were refused.
 
 Each is ``{"mean", "ci": [lo, hi]}`` (95% percentile bootstrap, seeded) or ``null`` when the cell
-has no such samples. ``differences`` compare each defense with the baseline defense (``none``
+has no such samples.
+
+A capability benchmark's cells add its metric under its own name (``capability_metric``:
+``accuracy``, ``vqa_accuracy``), ``{"mean", "ci"}`` over the records' scores
+(:mod:`safegap.eval.scoring.records`; judge-independent, the same in every judge's row),
+``chance`` (uniform guessing, same units; ``null`` when undefined) and ``n_scored``; the
+top-level ``capability`` names each such benchmark's scorer, metric and chance. Every cell has
+``fluency`` (distinct-1, distinct-2, repetition-4 of its replies, :mod:`safegap.eval.fluency`;
+with ``--perplexity`` also ``perplexity``, pooled over the records' ``fluency`` NLLs). ``differences`` compare each defense with the baseline defense (``none``
 when run, else the first) and each condition with ``text`` on the same samples (``other - baseline``;
-paired bootstrap: per-sample differences resampled together). ``agreement`` gives Cohen's kappa between every pair of
+paired bootstrap: per-sample differences resampled together), capability metrics included. ``agreement`` gives Cohen's kappa between every pair of
 judges.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from itertools import combinations
 from typing import Any
 
 from safegap.eval.bootstrap import bootstrap_mean
+from safegap.eval.fluency import fluency_summary
 from safegap.judge.agreement import cohen_kappa
 
 Record = dict[str, Any]
@@ -44,8 +54,25 @@ def verdict_of(record: Record, judge: str) -> dict[str, Any] | None:
     return None
 
 
+def capability_name(record: Record) -> str | None:
+    """The capability metric a record is scored on (``accuracy`` ...), or None."""
+    score = record.get("score")
+    return str(score["name"]) if isinstance(score, dict) and score.get("name") else None
+
+
+def capability_value(record: Record, metric: str) -> float | None:
+    """The record's capability value when it is scored on ``metric`` (no judge involved)."""
+    if record.get("error") or capability_name(record) != metric:
+        return None
+    value = record["score"].get("value")
+    return None if value is None else float(value)
+
+
 def metric_value(record: Record, judge: str, metric: str) -> float | None:
-    """The per-sample 0/1 value of ``metric`` (None where it does not apply)."""
+    """The per-sample value of ``metric`` (None where it does not apply): a judge's 0/1 verdict,
+    or for a capability metric the record's score, whatever the judge said."""
+    if metric not in METRICS:
+        return capability_value(record, metric)
     v = verdict_of(record, judge)
     if v is None:
         return None
@@ -111,8 +138,40 @@ def metric_rows(
                 for metric in METRICS:
                     values = [v for r in scored if (v := metric_value(r, judge, metric)) is not None]
                     row[metric] = _estimate(values, n_boot, seed)
+                row.update(capability_cell(subset, n_boot, seed))
+                row["fluency"] = cell_fluency(subset)
                 out.append(row)
     return out
+
+
+def cell_fluency(rows: Sequence[Record]) -> dict[str, float | None]:
+    """Distinct-1/2 and repetition-4 of a cell's replies; with ``--perplexity``, also the
+    corpus perplexity (``exp(total NLL / total tokens)``) of the replies that were scored."""
+    out = fluency_summary([str(r["generation"]) for r in rows if not r.get("error") and r.get("generation")])
+    scored = [r["fluency"] for r in rows if isinstance(r.get("fluency"), dict) and "tokens" in r["fluency"]]
+    if scored:
+        tokens = sum(int(f["tokens"]) for f in scored)
+        out["perplexity"] = math.exp(sum(float(f["nll"]) for f in scored) / tokens) if tokens else None
+    return out
+
+
+def capability_cell(rows: Sequence[Record], n_boot: int, seed: int) -> Record:
+    """``{"capability_metric": NAME, NAME: {"mean", "ci"}, "chance", "n_scored"}`` for a cell of
+    a capability benchmark (empty for the safety sets): the mean of the per-sample scores with
+    its bootstrap interval, and chance as the mean of the scored samples' chance levels."""
+    names = _ordered([n for r in rows if (n := capability_name(r)) is not None])
+    if not names:
+        return {}
+    name = names[0]
+    scored = [r for r in rows if capability_value(r, name) is not None]
+    chances = [r["score"].get("chance") for r in scored]
+    chance = sum(chances) / len(chances) if chances and None not in chances else None
+    return {
+        "capability_metric": name,
+        name: _estimate([float(r["score"]["value"]) for r in scored], n_boot, seed),
+        "chance": chance,
+        "n_scored": len(scored),
+    }
 
 
 def _paired(
@@ -149,9 +208,10 @@ def _difference_rows(
         for (other,), other_rows in by_vary.items():
             if other == baseline:
                 continue
+            capability = _ordered([n for r in rows if (n := capability_name(r)) is not None])
             for judge in judges:
                 for category in _categories(rows):
-                    for metric in DIFFERENCE_METRICS:
+                    for metric in (*DIFFERENCE_METRICS, *capability):
                         xs, ys = _paired(
                             _in_category(other_rows, category),
                             _in_category(base_rows, category),
@@ -230,8 +290,29 @@ def summarize(
     base_condition = "text" if "text" in conditions else None
     differences = _difference_rows(records, judges, "defense", base_defense, n_boot, seed)
     differences += _difference_rows(records, judges, "condition", base_condition, n_boot, seed)
-    return {
+    out: dict[str, Any] = {
         "metrics": metric_rows(records, judges, n_boot, seed),
         "differences": differences,
         "agreement": agreement_rows(records, judges),
     }
+    capability = capability_benchmarks(records)
+    if capability:
+        out["capability"] = capability
+    return out
+
+
+def capability_benchmarks(records: Sequence[Record]) -> dict[str, Record]:
+    """Per capability benchmark: its scorer, the metric reported and chance over its samples."""
+    out: dict[str, Record] = {}
+    for bench, rows in _group(records, lambda r: (r["benchmark"],)).items():
+        scored = [r for r in rows if capability_name(r) is not None]
+        if not scored:
+            continue
+        by_sample = {r["sample_id"]: r["score"].get("chance") for r in scored}
+        chances = list(by_sample.values())
+        out[bench[0]] = {
+            "scorer": scored[0]["score"]["metric"],
+            "metric": capability_name(scored[0]),
+            "chance": sum(chances) / len(chances) if None not in chances else None,
+        }
+    return out

@@ -214,7 +214,13 @@ class GapResult:
     extra: dict[str, Any] = field(default_factory=dict)
     mode: str = "exact"
 
+    @property
+    def mir_per_layer(self) -> list[float]:
+        """MIR's per-layer terms (each layer's Fréchet distance, ``LayerGap.fd``); they sum to ``mir``."""
+        return self.per_layer("fd")
+
     def per_layer(self, name: str) -> list[float]:
+        """One :class:`LayerGap` field across layers (for MIR itself use :attr:`mir_per_layer`)."""
         return [float(getattr(layer, name)) for layer in self.layers]
 
     def as_dict(self) -> dict[str, Any]:

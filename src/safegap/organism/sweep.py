@@ -192,7 +192,7 @@ def measure_point(
         "image_understanding": accuracy_by_kind(understanding_outcomes(vlm, world))["all"],
         "caption_loss": caption_loss(vlm, world),
         "per_layer": {
-            "mir": gap.per_layer("fd"),
+            "mir": gap.mir_per_layer,
             "centroid_gap": gap.per_layer("centroid_l2"),
             "last_token_shift_norm": shift,
         },

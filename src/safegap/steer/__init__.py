@@ -8,7 +8,7 @@ The evaluation defenses ``cmrm`` and ``cmrm_sample`` live in :mod:`safegap.steer
 from safegap.steer.anchors import Anchor, anchors_hash, corrupted_image, load_anchors, register_anchor_source
 from safegap.steer.calibrate import GapClosure, calibrate, calibrate_direction, gap_closure, read_states
 from safegap.steer.intervene import DEFAULT_POSITIONS, POSITION_POLICIES, SteeringHandle, patch, steering
-from safegap.steer.operators import OPERATORS, gate, gated, project, subtract
+from safegap.steer.operators import OPERATORS, add, gate, gated, project
 from safegap.steer.sample import generate_sample_level, sample_level_ids, sample_shifts
 from safegap.steer.sweep import SweepPoint, alpha_sweep
 from safegap.steer.vector import Provenance, ShiftVector
@@ -23,6 +23,7 @@ __all__ = [
     "ShiftVector",
     "SteeringHandle",
     "SweepPoint",
+    "add",
     "alpha_sweep",
     "anchors_hash",
     "calibrate",
@@ -40,5 +41,4 @@ __all__ = [
     "sample_level_ids",
     "sample_shifts",
     "steering",
-    "subtract",
 ]

@@ -4,8 +4,9 @@ Every operator maps ``(hidden, vector, alpha, ...) -> new hidden`` with ``hidden
 ``(..., d)`` and ``vector`` broadcastable to it. They form a ladder of selectivity
 (see ``docs/cmrm.md``):
 
-* :func:`subtract` -- CMRM: remove the whole modality shift, ``h + alpha * v`` (``v`` is
-  text-only minus corrupted, so adding it subtracts the shift an image causes).
+* :func:`add` -- CMRM: remove the whole modality shift, ``h + alpha * v`` (``v`` is
+  text-only minus corrupted, so *adding* it removes the shift an image causes; the operator is
+  named for what it computes, not for the paper's sign convention).
 * :func:`project` -- ShiftDC-style: remove only the part of the shift along a safety direction
   ``u``: ``h + alpha * (v . u_hat) u_hat``; the rest of the visual shift is kept.
 * :func:`gated` -- ASTRA-style: scale the correction by how far ``h`` lies along a harmful
@@ -13,7 +14,7 @@ Every operator maps ``(hidden, vector, alpha, ...) -> new hidden`` with ``hidden
   With ``g = mean(harmful) - mean(benign)`` and ``r = mean(benign)`` the gate is about 0 for
   benign inputs and about 1 for harmful ones, so benign inputs are barely touched.
 
-``subtract`` and ``project`` do not depend on ``hidden``; the hook engine precomputes their
+``add`` and ``project`` do not depend on ``hidden``; the hook engine precomputes their
 correction once per layer. A custom operator with the same signature is applied as is.
 """
 
@@ -26,7 +27,7 @@ import torch
 Operator = Callable[..., torch.Tensor]
 
 
-def subtract(hidden: torch.Tensor, vector: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+def add(hidden: torch.Tensor, vector: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """CMRM: ``hidden + alpha * vector``."""
     return hidden + alpha * vector
 
@@ -89,9 +90,9 @@ def gated(
     return hidden + alpha * weight * vector
 
 
-OPERATORS: dict[str, Operator] = {"subtract": subtract, "project": project, "gated": gated}
+OPERATORS: dict[str, Operator] = {"add": add, "project": project, "gated": gated}
 #: Operators whose correction does not depend on the hidden state (precomputed once per layer).
-HIDDEN_INDEPENDENT: frozenset[Operator] = frozenset({subtract, project})
+HIDDEN_INDEPENDENT: frozenset[Operator] = frozenset({add, project})
 
 
 def resolve_operator(operator: str | Operator) -> Operator:

@@ -244,7 +244,7 @@ def sample_level_ids(
     corrupt: CorruptionKind = "blank",
     positions: str = DEFAULT_POSITIONS,
     layers: Layers = "all",
-    operator: str | Operator = "subtract",
+    operator: str | Operator = "add",
     direction: ShiftVector | torch.Tensor | None = None,
     reference: ShiftVector | torch.Tensor | None = None,
     clamp: tuple[float, float] = (0.0, 1.0),

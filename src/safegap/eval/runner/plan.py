@@ -40,7 +40,7 @@ IDENTITY_FIELDS = (
 
 
 #: Keys of ``config.json`` compared on resume (``long_prompts`` only written when not the default).
-IDENTITY_KEYS = (*IDENTITY_FIELDS, "defense_files", "long_prompts")
+IDENTITY_KEYS = (*IDENTITY_FIELDS, "defense_files", "long_prompts", "perplexity")
 
 
 @dataclass
@@ -73,6 +73,9 @@ class EvalConfig:
     sort_by_length: bool = True
     #: A prompt longer than the model takes: ``error`` (an errored sample) or ``truncate``.
     long_prompts: str = "error"
+    #: Score each reply's perplexity under the model's own LM, text-only (one forward pass more
+    #: per batch); summary.json's ``fluency`` then has ``perplexity`` per cell.
+    perplexity: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The defining arguments, plus the content hash of every file a defense spec names
@@ -85,6 +88,8 @@ class EvalConfig:
             out["defense_files"] = files
         if self.long_prompts != "error":
             out["long_prompts"] = self.long_prompts
+        if self.perplexity:
+            out["perplexity"] = True
         return out
 
     def generation_kwargs(self) -> dict[str, Any]:

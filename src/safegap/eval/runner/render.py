@@ -36,6 +36,12 @@ def results_table(summary: dict[str, Any], out: str) -> Table:
         table.add_column(column, no_wrap=True, justify="right")
     for column in ("unsafe rate", "refusal rate", "over-refusal"):
         table.add_column(column, overflow="fold")
+    # Capability benchmarks: their metric (e.g. accuracy), chance in the header when one.
+    capability = list(dict.fromkeys(r["capability_metric"] for r in rows if r.get("capability_metric")))
+    if capability:
+        chances = {r.get("chance") for r in rows if r.get("capability_metric")}
+        chance = f" (chance {next(iter(chances)):.2f})" if len(chances) == 1 and None not in chances else ""
+        table.add_column("/".join(capability) + chance, overflow="fold")
     for row in rows:
         ids = {"benchmark": row["benchmark"], "condition": row["condition"], "defense": short[row["defense"]]}
         ids["judge"] = row["judge"]
@@ -46,5 +52,6 @@ def results_table(summary: dict[str, Any], out: str) -> Table:
             _fmt(row["unsafe_rate"]),
             _fmt(row["refusal_rate"]),
             _fmt(row["over_refusal"]),
+            *([_fmt(row.get(row.get("capability_metric") or ""))] if capability else []),
         )
     return table

@@ -27,6 +27,7 @@ from safegap.data.benchmarks import BenchmarkError, ImageLoadError, Request
 from safegap.data.benchmarks.base import stable_seed
 from safegap.eval.defenses import Defense
 from safegap.eval.distributed import ProcessGroup
+from safegap.eval.fluency import generation_nll
 from safegap.eval.records import Record, RecordWriter
 from safegap.eval.run_guard import fit_prompt, prompt_limit
 from safegap.eval.runner.plan import Batch, EvalConfig, Plan, WorkItem
@@ -177,7 +178,32 @@ class Harness:
                 records[item.index] = record
                 done.append((item, request, image, record))
             self._judge(done)
+            if self.config.perplexity:
+                self._perplexity(done)
         return [records[i] for i in sorted(records)]
+
+    def _perplexity(self, done: Sequence[tuple[WorkItem, Request, Image.Image | None, Record]]) -> None:
+        """``record["fluency"] = {"nll", "tokens"}``: each reply under the model's LM, after its
+        prompt, text-only (summary.json pools them into a perplexity per cell)."""
+        if not done:
+            return
+        try:
+            scores = generation_nll(
+                self.vlm,
+                [record["generation"] for *_, record in done],
+                [request.prompt for _, request, _, _ in done],
+                batch_size=self.config.batch_size,
+            )
+        except Exception as exc:  # noqa: BLE001 - a measure failing never loses the generations
+            if self.config.strict:
+                raise SampleError(f"{done[0][0].describe()}: perplexity failed: {exc}") from exc
+            for *_, record in done:
+                record["fluency"] = {
+                    "error": f"perplexity failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                }
+            return
+        for (*_, record), result in zip(done, scores, strict=True):
+            record["fluency"] = {"nll": round(result.nll, 6), "tokens": result.tokens}
 
     def _generate(
         self, defense_spec: str, rows: Sequence[tuple[WorkItem, Request, Image.Image | None]]

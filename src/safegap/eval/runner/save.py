@@ -22,6 +22,7 @@ from safegap.eval.records import (
 )
 from safegap.eval.run_guard import check_outcome, count_problems
 from safegap.eval.runner.plan import IDENTITY_KEYS, EvalConfig, Plan
+from safegap.eval.scoring.records import score_records
 
 
 def record_key(record: Record) -> tuple[str, str, str, str]:
@@ -142,6 +143,8 @@ class RunDir:
         if missing:
             raise RunDirError(f"{self.out}: {missing} of {len(order)} samples have no record after the run")
         records = sorted(merged.values(), key=lambda r: order[record_key(r)])
+        # Capability benchmarks: each record's score against its sample's reference.
+        records = score_records(records, ((it.benchmark, it.sample) for it in plan.items))
         data = encode_records(records)
         if not self.samples_path.exists() or self.samples_path.read_bytes() != data:
             write_atomic(self.samples_path, data)

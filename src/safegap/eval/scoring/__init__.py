@@ -6,7 +6,8 @@ building blocks are plain functions on strings, usable on their own:
 - :mod:`.choice`: which option a reply picks; accuracy; MMBench's circular accuracy.
 - :mod:`.yesno`: yes/no verdicts; POPE's accuracy, precision, recall, F1 and yes-ratio; MME's
   acc, acc+ and summed perception/cognition scores.
-- :mod:`.vqa`: the VQA answer normalisation; 10-annotator VQA accuracy; exact match.
+- :mod:`.vqa`: the VQA answer normalisation; 10-annotator VQA accuracy; exact match; naming.
+- :mod:`.records`: the per-record values of a run (what summary.json's capability numbers use).
 
 A sample's reference lives in ``Sample.answers`` (and ``Sample.choices`` for multiple choice);
 a sample that errored or whose reply is missing (``None``) is left out and counted in
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from safegap.data.benchmarks.base import Sample
 from safegap.data.benchmarks.mme import MME_COGNITION, MME_PERCEPTION
 from safegap.eval.scoring.choice import circular_accuracy, extract_choice, letter_index
-from safegap.eval.scoring.vqa import exact_match, vqa_accuracy
+from safegap.eval.scoring.vqa import exact_match, names_exactly, vqa_accuracy
 from safegap.eval.scoring.yesno import MmeAnswer, extract_yes_no, mme_scores, parse_label, pope_scores
 
 
@@ -57,6 +58,10 @@ class Scorer:
     summary: Summary
     #: Expected headline number under uniform guessing: ``chance(samples, primary)``.
     chance: Callable[[Sequence[Sample], str], float | None] = lambda samples, primary: None
+    #: What the mean of the per-sample values is called in summary.json (``accuracy``).
+    value_name: str = "accuracy"
+    #: A sample's expected value under uniform guessing (the mean's chance level), or None.
+    sample_chance: Callable[[Sample], float | None] = lambda sample: None
 
 
 def _reference(sample: Sample) -> tuple[str, ...]:
@@ -147,8 +152,34 @@ def _vqa_value(sample: Sample, reply: str, options: Mapping[str, str]) -> float:
     return vqa_accuracy(reply, _reference(sample))
 
 
+def candidates(sample: Sample) -> tuple[str, ...]:
+    """The answers a sample could be given (``fields["candidates"]``, ``|``-separated)."""
+    raw = sample.fields.get("candidates", "")
+    return tuple(c for c in raw.split("|") if c)
+
+
 def _exact_value(sample: Sample, reply: str, options: Mapping[str, str]) -> float:
-    return exact_match(reply, _reference(sample), options.get("match", "exact"))
+    return exact_match(reply, _reference(sample), options.get("match", "exact"), candidates(sample))
+
+
+def _naming_value(sample: Sample, reply: str, options: Mapping[str, str]) -> float:
+    return names_exactly(reply, _reference(sample), candidates(sample))
+
+
+def _field_chance(sample: Sample) -> float | None:
+    """``fields["chance"]``: the benchmark states a sample's chance when only it knows the
+    answer space (open-ended answers among a known set)."""
+    raw = sample.fields.get("chance")
+    return None if raw is None else float(raw)
+
+
+def _fields_chance(samples: Sequence[Sample], primary: str) -> float | None:
+    values = [_field_chance(s) for s in samples]
+    return _mean([v for v in values if v is not None]) if values and None not in values else None
+
+
+def _one_choice_chance(sample: Sample) -> float | None:
+    return 1.0 / len(sample.choices) if sample.choices else None
 
 
 def _mean_of(value: Callable[[Sample, str, Mapping[str, str]], float], name: str) -> Summary:
@@ -168,6 +199,7 @@ SCORERS: dict[str, Scorer] = {
             _choice_value,
             _choice_summary,
             _choice_chance,
+            sample_chance=_one_choice_chance,
         ),
         Scorer(
             "pope",
@@ -176,6 +208,7 @@ SCORERS: dict[str, Scorer] = {
             _yes_no_value,
             _pope_summary,
             lambda samples, primary: 0.5,
+            sample_chance=lambda sample: 0.5,
         ),
         Scorer(
             "mme",
@@ -184,6 +217,7 @@ SCORERS: dict[str, Scorer] = {
             _yes_no_value,
             _mme_summary,
             _mme_chance,
+            sample_chance=lambda sample: 0.5,
         ),
         Scorer(
             "vqa",
@@ -191,13 +225,26 @@ SCORERS: dict[str, Scorer] = {
             "vqa_accuracy",
             _vqa_value,
             _mean_of(_vqa_value, "vqa_accuracy"),
+            value_name="vqa_accuracy",
         ),
         Scorer(
             "exact_match",
-            "exact match after VQA normalisation (match=contains: the answer appears in the reply)",
+            "exact match after VQA normalisation (match=contains: the answer appears in the reply; "
+            "match=sole: the reply names the answer and no other candidate)",
             "accuracy",
             _exact_value,
             _mean_of(_exact_value, "accuracy"),
+            _fields_chance,
+            sample_chance=_field_chance,
+        ),
+        Scorer(
+            "naming",
+            "naming accuracy: the reply names exactly the reference things among the candidates",
+            "accuracy",
+            _naming_value,
+            _mean_of(_naming_value, "accuracy"),
+            _fields_chance,
+            sample_chance=_field_chance,
         ),
     )
 }
@@ -249,4 +296,4 @@ def score(
     )
 
 
-__all__ = ["SCORERS", "ScoreReport", "Scorer", "get_scorer", "score"]
+__all__ = ["SCORERS", "ScoreReport", "Scorer", "candidates", "get_scorer", "score"]

@@ -32,6 +32,7 @@ NUMBER_WORDS = {
     "ten": "10",
 }
 ARTICLES = frozenset({"a", "an", "the"})
+MATCH_MODES = ("exact", "contains", "sole")
 
 # Contractions as written with apostrophes; the table maps each apostrophe-less spelling back.
 # Left out on purpose: apostrophe-less spellings that are ordinary words (well, were, its, ill,
@@ -110,16 +111,53 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], normalize_unanimous: b
     return sum(min((total - m) / 3.0, 1.0) for m in matches) / len(refs)
 
 
-def exact_match(prediction: str, references: Sequence[str], mode: str = "exact") -> float:
-    """1.0 when the normalised prediction equals a normalised reference (``mode="exact"``) or
-    contains one as whole words (``mode="contains"``: "it is red" matches "red"), else 0.0."""
-    if mode not in ("exact", "contains"):
-        raise ValueError(f"exact_match mode must be 'exact' or 'contains', got {mode!r}")
+def named_candidates(prediction: str, candidates: Sequence[str]) -> set[str]:
+    """The ``candidates`` that ``prediction`` names, compared in normal form as whole words (a
+    plural ``s`` allowed), longest first, each match removed before shorter ones are looked for
+    (so "red circle" is not also "circle")."""
+    text = f" {normalize_answer(prediction)} "
+    found: set[str] = set()
+    for cand in sorted(candidates, key=lambda c: len(normalize_answer(c)), reverse=True):
+        norm = normalize_answer(cand)
+        if not norm:
+            continue
+        pattern = re.compile(r"(?<= )" + re.escape(norm) + r"s?(?= )")
+        if pattern.search(text):
+            found.add(norm)
+            text = pattern.sub("  ", text)
+    return found
+
+
+def exact_match(
+    prediction: str, references: Sequence[str], mode: str = "exact", candidates: Sequence[str] = ()
+) -> float:
+    """1.0 when the normalised prediction equals a normalised reference (``mode="exact"``),
+    contains one as whole words (``mode="contains"``: "it is red" matches "red"), or names one
+    reference and no other of ``candidates`` (``mode="sole"``: "a red circle" matches "red" among
+    the colours, "red and blue" does not), else 0.0. ``sole`` is exact match for a model that
+    answers in sentences: the one answer it gives, read off its reply."""
+    if mode not in MATCH_MODES:
+        raise ValueError(f"exact_match mode must be one of {', '.join(MATCH_MODES)}, got {mode!r}")
     if not references:
         raise ValueError("no reference answers to score against")
-    said = normalize_answer(prediction)
     refs = [r for r in (normalize_answer(x) for x in references) if r]
+    if mode == "sole":
+        if not candidates:
+            raise ValueError("exact_match mode 'sole' needs the candidate answers")
+        named = named_candidates(prediction, [*candidates, *references])
+        return float(len(named) == 1 and next(iter(named)) in refs)
+    said = normalize_answer(prediction)
     if mode == "exact":
         return float(said in refs)
     padded = f" {said} "
     return float(any(f" {r} " in padded for r in refs))
+
+
+def names_exactly(prediction: str, references: Sequence[str], candidates: Sequence[str]) -> float:
+    """1.0 when the candidates ``prediction`` names are exactly ``references`` (all of them, no
+    other): the organism's caption naming rule (an object and no other object; a scene's
+    colour-shape pairs, no more, no fewer)."""
+    if not references:
+        raise ValueError("no reference answers to score against")
+    named = named_candidates(prediction, [*candidates, *references])
+    return float(named == {normalize_answer(r) for r in references})
