@@ -367,7 +367,7 @@ def diagnose_organisms(
     """Per seed and stage :func:`measure_checkpoint`, then seed aggregates; writes
     ``diagnose.json``, ``diagnose.md`` and per-layer figures to ``out_dir``."""
     from safegap.models.loading import load_vlm
-    from safegap.organism.study import VARIANTS, ensure_organism, organism_dir
+    from safegap.organism.study_plan import VARIANTS, ensure_organism, organism_dir
 
     if not options.seeds:
         raise ValueError("no seeds given")

@@ -387,4 +387,4 @@ def write_outputs(out: Path, result: dict[str, Any]) -> None:
 
     write_atomic(out / "sweep.json", json.dumps(result, indent=1).encode())
     write_atomic(out / "sweep.md", markdown(result).encode())
-    plot_sweep(result, out / "sweep.png")
+    plot_sweep(result, out / "sweep.png", TARGET)

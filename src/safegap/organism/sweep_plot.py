@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_sweep(result: dict[str, Any], path: str | Path, x: str = "mir") -> Path:
+def plot_sweep(result: dict[str, Any], path: str | Path, target: str, x: str = "mir") -> Path:
+    """``target`` (a point's refusal measure) against gap measure ``x``; the sweep passes its
+    ``TARGET`` (so this module does not import the sweep back)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from safegap.organism.sweep import TARGET
 
     regimes = list(result["regimes"]) or ["-"]
     lambdas = list(result["lambdas"])
@@ -25,7 +25,7 @@ def plot_sweep(result: dict[str, Any], path: str | Path, x: str = "mir") -> Path
             if rows:
                 ax.scatter(
                     [p[x] for p in rows],
-                    [p[TARGET] for p in rows],
+                    [p[target] for p in rows],
                     color=colours(k / max(len(lambdas) - 1, 1)),
                     label=f"λ={lam:g}",
                     s=36,
