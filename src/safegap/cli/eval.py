@@ -131,8 +131,8 @@ def eval_command(
         return
     from safegap.eval.runner.render import results_table
 
-    table = results_table(result.summary, out)
-    Console(stderr=True).print(table)
+    err = Console(stderr=True)
+    err.print(results_table(result.summary, out, width=err.width))
 
 
 def register(app: typer.Typer) -> None:

@@ -32,6 +32,7 @@ from safegap.data.benchmarks.base import (
     register_benchmark,
     resolve_benign_images,
     resolve_data_dir,
+    unknown_benchmark,
 )
 from safegap.eval.specs import parse_spec
 
@@ -58,7 +59,7 @@ def load_benchmark(spec: str, context: DataContext | None = None) -> Benchmark:
     the list of known ones."""
     parsed = parse_spec(spec, kind="benchmark")
     if parsed.name not in BENCHMARKS:
-        raise BenchmarkError(f"unknown benchmark {parsed.name!r}; known: {', '.join(sorted(BENCHMARKS))}")
+        raise unknown_benchmark(parsed.name)
     return BENCHMARKS[parsed.name](str(parsed), parsed.arg, parsed.options, context or DataContext())
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import hashlib
 import io
 import json
@@ -141,6 +142,18 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def find_image(path: Path) -> Path:
+    """``path``, or the file of the same stem with another image suffix when only that exists
+    (HarmBench's CSV names ``.jpg``/``.jpeg`` files that are saved as ``.png``)."""
+    if path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+        return path
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (path.with_suffix(suffix), path.with_suffix(suffix.upper())):
+            if candidate.is_file():
+                return candidate
+    return path
+
+
 def stable_seed(*parts: str) -> int:
     """A 31-bit seed from strings, identical across processes and runs (unlike ``hash``)."""
     digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
@@ -181,6 +194,15 @@ def benign_scene(seed: int, size: tuple[int, int] = (336, 336)) -> Image.Image:
     draw.rectangle((tx - 6, ty, tx + 6, ty + h // 6), fill=(110, 70, 30))
     draw.ellipse((tx - 30, ty - 45, tx + 30, ty + 10), fill=(30, 110, 40))
     return img
+
+
+def read_header(path: Path) -> list[str]:
+    """The header row of the CSV at ``path`` (a BOM dropped); a missing file is the same error as
+    :func:`read_csv` gives."""
+    if not path.is_file():
+        raise BenchmarkError(f"benchmark file not found: {path}")
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        return next(csv.reader(handle), [])
 
 
 def read_csv(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
@@ -291,6 +313,8 @@ class Benchmark(ABC):
     own_conditions: ClassVar[tuple[str, ...]] = ()
     #: Conditions used when ``--condition`` is not given.
     defaults: ClassVar[tuple[str, ...]] = GENERIC_CONDITIONS
+    #: A registered benchmark easily taken for this one (named in this one's errors).
+    counterpart: ClassVar[str] = ""
 
     def __init__(
         self, spec_id: str, arg: str | None, options: Mapping[str, str], context: DataContext
@@ -351,6 +375,47 @@ class Benchmark(ABC):
     def own_request(self, sample: Sample, condition: str) -> Request:
         raise BenchmarkError(f"benchmark {self.id!r} has no condition {condition!r}")
 
+    def check_folder_option(self, key: str = "images") -> None:
+        """A folder the spec names explicitly (``images=DIR``) must exist: without this, a
+        benchmark that can draw its images would silently draw them instead."""
+        if key in self.options and not Path(self.options[key]).expanduser().is_dir():
+            raise BenchmarkError(f"benchmark {self.id!r}: {key}={self.options[key]} is not a folder")
+
+    def check_images(self, samples: Sequence[Sample], condition: str) -> None:
+        """Fail up front (one line) when ``condition`` takes image files and not one of them
+        exists for ``samples``: a wrong images folder or data root, not a run of errored samples."""
+        paths: list[Path] = []
+        for sample in samples:
+            if sample.error:
+                continue
+            try:
+                ref = self.request(sample, condition).image
+            except (BenchmarkError, KeyError, ValueError, OSError):
+                continue
+            if ref is None or ref.kind != "file":
+                continue
+            path = Path(ref.value)
+            if path.is_file():
+                return
+            paths.append(path)
+        if not paths:
+            return
+        folder = paths[0].parent
+        where = f"folder {folder} does not exist" if not folder.is_dir() else f"first: {paths[0]}"
+        hint = f"; check images= or --data-dir{self.counterpart_hint()}"
+        raise BenchmarkError(
+            f"benchmark {self.id!r}, condition {condition!r}: none of its {len(paths)} image(s) exist "
+            f"({where}){hint}"
+        )
+
+    def counterpart_hint(self, condition: str | None = None) -> str:
+        """``" (NAME is ...)"`` naming the easily confused benchmark, if there is one (and it
+        offers ``condition``, when given)."""
+        other = BENCHMARKS.get(self.counterpart) if self.counterpart else None
+        if other is None or (condition is not None and condition not in other.own_conditions):
+            return ""
+        return f" ({other.name} is {other.description})"
+
     def benign_ref(self, sample: Sample) -> ImageRef:
         folder = self.context.benign_images
         if folder is not None:
@@ -384,6 +449,17 @@ class Benchmark(ABC):
 
 BenchmarkFactory = Callable[[str, str | None, Mapping[str, str], DataContext], Benchmark]
 BENCHMARKS: dict[str, type[Benchmark]] = {}
+
+
+def unknown_benchmark(name: str) -> BenchmarkError:
+    """The one-line error for an unknown benchmark name: the close names (with what each is, so
+    ``harmbench`` and ``harmbench_mm`` are told apart), then every known name."""
+    close = difflib.get_close_matches(name, list(BENCHMARKS), n=3, cutoff=0.6)
+    close += [n for n in BENCHMARKS if name.startswith(n) and n not in close]
+    hint = ""
+    if close:
+        hint = "; did you mean " + " or ".join(f"{n} ({BENCHMARKS[n].description})" for n in close) + "?"
+    return BenchmarkError(f"unknown benchmark {name!r}{hint}; known: {', '.join(sorted(BENCHMARKS))}")
 
 
 def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:

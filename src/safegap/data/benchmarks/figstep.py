@@ -63,6 +63,10 @@ class FigStep(Benchmark):
             return Path(self.options["images"]).expanduser()
         return self.csv_path().parent / "images" / self.image_folder
 
+    def check_condition(self, condition: str) -> None:
+        super().check_condition(condition)
+        self.check_folder_option("images")
+
     def load(self) -> list[Sample]:
         path = self.csv_path()
         out = SampleBuilder()

@@ -75,6 +75,7 @@ class MMSafetyBench(Benchmark):
 
     def check_condition(self, condition: str) -> None:
         super().check_condition(condition)
+        self.check_folder_option("images")
         if condition in ("sd", "sd_typo") and not self.images_dir().is_dir():
             raise BenchmarkError(
                 f"benchmark {self.id!r}: condition {condition!r} needs the MM-SafetyBench images under "
