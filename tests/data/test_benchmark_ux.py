@@ -158,3 +158,16 @@ def test_an_images_option_naming_no_folder_is_an_error_not_drawn_images(tmp_path
     with pytest.raises(BenchmarkError) as exc:
         prepare(config)
     assert _one_line(exc).endswith(f"images={tmp_path / 'nope'} is not a folder")
+
+
+def test_images_given_to_the_text_harmbench_names_harmbench_mm(tmp_path: Path) -> None:
+    from safegap.errors import UserError
+
+    with pytest.raises(UserError) as exc:
+        load_benchmark(f"harmbench:images={tmp_path}")
+    assert _one_line(exc) == (
+        "benchmark harmbench: unknown option 'images'; it takes no options "
+        "(harmbench_mm, HarmBench multimodal behaviours (behaviour + image), takes it)"
+    )
+    with pytest.raises(UserError, match=r"unknown option 'imgs'; valid: images \(did you mean 'images'\?\)$"):
+        load_benchmark(f"harmbench_mm:imgs={tmp_path}")

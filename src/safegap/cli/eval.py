@@ -80,8 +80,8 @@ def eval_command(
     from safegap.data.benchmarks import BENCHMARKS
     from safegap.eval.defenses import DEFENSES
     from safegap.eval.runner import EvalConfig, run_eval
-    from safegap.eval.specs import split_specs
     from safegap.judge.base import JUDGES
+    from safegap.specs import split_specs
 
     if quiet:
         from transformers.utils import logging as hf_logging

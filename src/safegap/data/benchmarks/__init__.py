@@ -1,7 +1,9 @@
 """Benchmark registry: ``load_benchmark("figstep_tiny", context)`` and friends.
 
 Each benchmark is one small module here that registers a :class:`Benchmark` subclass; importing
-this package registers them all. Specs are ``NAME`` or ``NAME:PATH[,key=value...]`` (a path
+this package registers them all. Benchmarks from elsewhere (the organism's) declare themselves
+in the ``safegap.benchmarks`` entry-point group (:mod:`safegap.plugins`) and are imported on
+first use, so this package imports none of them. Specs are ``NAME`` or ``NAME:PATH[,key=value...]`` (a path
 overrides where the files are, e.g. ``text_csv:my_prompts.csv``).
 """
 
@@ -14,7 +16,6 @@ from safegap.data.benchmarks import (  # noqa: F401  (each module registers its 
     harmbench,
     jailbreakv,
     mm_safetybench,
-    organism,
     text_sets,
     vlsafe,
     xstest,
@@ -34,7 +35,8 @@ from safegap.data.benchmarks.base import (
     resolve_data_dir,
     unknown_benchmark,
 )
-from safegap.eval.specs import parse_spec
+from safegap.errors import UserError
+from safegap.specs import parse_spec
 
 __all__ = [
     "BENCHMARKS",
@@ -60,7 +62,15 @@ def load_benchmark(spec: str, context: DataContext | None = None) -> Benchmark:
     parsed = parse_spec(spec, kind="benchmark")
     if parsed.name not in BENCHMARKS:
         raise unknown_benchmark(parsed.name)
-    return BENCHMARKS[parsed.name](str(parsed), parsed.arg, parsed.options, context or DataContext())
+    cls = BENCHMARKS[parsed.name]
+    try:
+        parsed.check_options(cls.option_keys, "benchmark")
+    except UserError as exc:  # e.g. images= given to harmbench: say that harmbench_mm takes it
+        other = BENCHMARKS.get(cls.counterpart) if cls.counterpart else None
+        if other is None or not set(parsed.options) & set(other.option_keys):
+            raise
+        raise UserError(f"{exc} ({other.name}, {other.description}, takes it)") from None
+    return cls(str(parsed), parsed.arg, parsed.options, context or DataContext())
 
 
 def limit_samples(samples: Sequence[Sample], limit: int | None) -> list[Sample]:

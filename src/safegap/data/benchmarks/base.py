@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from safegap.data.images import blank_image, noise_image
 from safegap.errors import UserError, decode_utf8
+from safegap.plugins import BENCHMARKS_GROUP, Registry
 
 GENERIC_CONDITIONS: tuple[str, ...] = ("text", "blank_image", "noise_image", "benign_image")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -313,6 +314,8 @@ class Benchmark(ABC):
     own_conditions: ClassVar[tuple[str, ...]] = ()
     #: Conditions used when ``--condition`` is not given.
     defaults: ClassVar[tuple[str, ...]] = GENERIC_CONDITIONS
+    #: The ``key=value`` options the spec may give (any other key is an error naming these).
+    option_keys: ClassVar[tuple[str, ...]] = ()
     #: A registered benchmark easily taken for this one (named in this one's errors).
     counterpart: ClassVar[str] = ""
 
@@ -448,7 +451,18 @@ class Benchmark(ABC):
 
 
 BenchmarkFactory = Callable[[str, str | None, Mapping[str, str], DataContext], Benchmark]
-BENCHMARKS: dict[str, type[Benchmark]] = {}
+
+
+def _benchmark_class(name: str, obj: object) -> type[Benchmark]:
+    if not (isinstance(obj, type) and issubclass(obj, Benchmark)):
+        raise BenchmarkError(f"benchmark {name!r}: its plug-in is {obj!r}, not a Benchmark subclass")
+    return obj
+
+
+#: Benchmarks by name. In-tree ones register on import of this package; plug-ins (the organism's)
+#: register when imported or declare themselves in the ``safegap.benchmarks`` entry-point group
+#: (:mod:`safegap.plugins`), imported the first time their name is looked up.
+BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark", BENCHMARKS_GROUP, _benchmark_class)
 
 
 def unknown_benchmark(name: str) -> BenchmarkError:
@@ -459,12 +473,11 @@ def unknown_benchmark(name: str) -> BenchmarkError:
     hint = ""
     if close:
         hint = "; did you mean " + " or ".join(f"{n} ({BENCHMARKS[n].description})" for n in close) + "?"
-    return BenchmarkError(f"unknown benchmark {name!r}{hint}; known: {', '.join(sorted(BENCHMARKS))}")
+    return BenchmarkError(f"unknown benchmark {name!r}{hint}; known: {BENCHMARKS.known()}")
 
 
 def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
     """Class decorator: make ``cls`` available as ``--bench <cls.name>``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    BENCHMARKS[cls.name] = cls
-    return cls
+    return BENCHMARKS.register(cls.name, cls)
