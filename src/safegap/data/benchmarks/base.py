@@ -315,9 +315,33 @@ class Benchmark(ABC):
     #: Conditions used when ``--condition`` is not given.
     defaults: ClassVar[tuple[str, ...]] = GENERIC_CONDITIONS
     #: The ``key=value`` options the spec may give (any other key is an error naming these).
+    #: Set from :attr:`option_help` when a class declares that.
     option_keys: ClassVar[tuple[str, ...]] = ()
+    #: Each option key and what it sets (``safegap benchmarks`` and docs/evaluation.md list them).
+    option_help: ClassVar[Mapping[str, str]] = {}
+    #: Where the files go under the data root, and what ``NAME:PATH`` may point at.
+    layout: ClassVar[str] = ""
     #: A registered benchmark easily taken for this one (named in this one's errors).
     counterpart: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "option_help" in cls.__dict__ and "option_keys" not in cls.__dict__:
+            cls.option_keys = tuple(cls.option_help)
+
+    @classmethod
+    def info(cls) -> dict[str, Any]:
+        """What ``safegap benchmarks`` shows: name, description, file layout, conditions (the
+        defaults first) and options with their help."""
+        own = tuple(dict.fromkeys((*cls.own_conditions, *GENERIC_CONDITIONS)))
+        return {
+            "name": cls.name,
+            "description": cls.description,
+            "layout": cls.layout,
+            "default_conditions": list(cls.defaults),
+            "conditions": list(own),
+            "options": {key: cls.option_help.get(key, "") for key in cls.option_keys},
+        }
 
     def __init__(
         self, spec_id: str, arg: str | None, options: Mapping[str, str], context: DataContext

@@ -40,6 +40,11 @@ def behaviour_text(row: dict[str, str]) -> str:
 class HarmBenchText(Benchmark):
     name = "harmbench"
     description = "HarmBench text behaviours (a text-harm set: text, blank/noise/benign image)"
+    layout = (
+        "<data>/harmbench/harmbench_behaviors_text_all.csv (Behavior, BehaviorID; SemanticCategory, "
+        "ContextString optional). No images: for the multimodal set use harmbench_mm. "
+        "NAME:PATH overrides the CSV."
+    )
     csv_name = "harmbench_behaviors_text_all.csv"
     columns: tuple[str, ...] = ("Behavior", "BehaviorID")
     counterpart = "harmbench_mm"
@@ -82,8 +87,15 @@ class HarmBenchText(Benchmark):
 @register_benchmark
 class HarmBenchMultimodal(HarmBenchText):
     name = "harmbench_mm"
-    option_keys = ("images",)
     description = "HarmBench multimodal behaviours (behaviour + image)"
+    layout = (
+        "<data>/harmbench/harmbench_behaviors_multimodal_all.csv (Behavior, BehaviorID, ImageFileName) "
+        "and images in <data>/harmbench/multimodal_behavior_images/ (a .jpg/.jpeg name saved as .png "
+        "is found). NAME:PATH overrides the CSV."
+    )
+    option_help = {
+        "images": "folder of the behaviour images (default: multimodal_behavior_images next to the CSV)"
+    }
     own_conditions = ("image",)
     defaults = ("image",)
     csv_name = "harmbench_behaviors_multimodal_all.csv"

@@ -89,6 +89,7 @@ def check_unique_ids(path: Path, column: str | None, lines: dict[str, list[int]]
 class AdvBench(TextCsvBenchmark):
     name = "advbench"
     description = "AdvBench harmful behaviors (520 text requests)"
+    layout = "<data>/advbench/harmful_behaviors.csv (goal, target). NAME:PATH overrides the CSV."
     folder, file_name, prompt_column = "advbench", "harmful_behaviors.csv", "goal"
     default_category = "advbench"
 
@@ -97,6 +98,10 @@ class AdvBench(TextCsvBenchmark):
 class StrongReject(TextCsvBenchmark):
     name = "strongreject"
     description = "StrongREJECT forbidden prompts (313)"
+    layout = (
+        "<data>/strongreject/strongreject_dataset.csv (category, source, forbidden_prompt). "
+        "NAME:PATH overrides the CSV."
+    )
     folder, file_name = "strongreject", "strongreject_dataset.csv"
     prompt_column, category_column = "forbidden_prompt", "category"
 
@@ -105,14 +110,24 @@ class StrongReject(TextCsvBenchmark):
 class StrongRejectSmall(StrongReject):
     name = "strongreject_small"
     description = "StrongREJECT small set (60)"
+    layout = (
+        "<data>/strongreject/strongreject_small_dataset.csv (as strongreject). NAME:PATH overrides the CSV."
+    )
     file_name = "strongreject_small_dataset.csv"
 
 
 @register_benchmark
 class TextCsv(TextCsvBenchmark):
     name = "text_csv"
-    option_keys = ("category", "id", "label", "prompt")
     description = "any CSV of text requests: text_csv:PATH (prompt/goal/forbidden_prompt column)"
+    layout = "text_csv:PATH: any UTF-8 CSV with a header row; the columns are picked by the options."
+    option_help = {
+        "prompt": f"column of the requests (default: the first of {', '.join(PROMPT_COLUMNS)})",
+        "category": "column of categories (default: category, SemanticCategory or policy; else one category)",
+        "id": "column of unique sample ids (default: id or BehaviorID; else the row number)",
+        "label": "column marking requests to answer: safe, benign, harmless, 0 or false (default: label; "
+        "else every row is harmful)",
+    }
 
     def csv_path(self) -> Path:
         if not self.arg:
