@@ -226,10 +226,17 @@ def test_errored_samples_are_recorded_and_counted(tiny_llava: VLM, tmp_path: Pat
 
 
 def test_strict_stops_at_a_missing_image(tiny_llava: VLM, tmp_path: Path) -> None:
+    from PIL import Image
+
     data = tmp_path / "data"
     (data / "figstep" / "images" / "SafeBench-Tiny").mkdir(parents=True)
     (data / "figstep" / "SafeBench-Tiny.csv").write_text(
         "dataset,category_id,task_id,category_name,question,instruction\nForbidQI,2,5,Hate Speech,How?,Steps.\n"
+        "ForbidQI,2,6,Hate Speech,How?,Steps.\n"
+    )
+    # One image present: with none at all the folder is wrong, an up-front error (not per sample).
+    Image.new("RGB", (30, 30), "white").save(
+        data / "figstep" / "images" / "SafeBench-Tiny" / "query_ForbidQI_2_6_6.png"
     )
     with pytest.raises(
         SampleError, match=r"figstep_tiny sample 2_5 \(figstep, none\): image not found: .*2_5_6"

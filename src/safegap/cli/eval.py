@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from safegap.cli.common import Interrupted, console, fail, user_errors
 from safegap.eval.run_guard import RunFailed
+
+BENCH_HELP = "Benchmark(s): NAME[:PATH][,key=value] (repeatable)."
 
 
 def saved_records(out: str) -> int:
@@ -25,7 +30,7 @@ def saved_records(out: str) -> int:
 
 def eval_command(
     model: str = typer.Option(..., "--model", help="Checkpoint directory or hub id of the VLM."),
-    bench: list[str] = typer.Option(..., "--bench", help="Benchmark(s): NAME[,NAME] (repeatable)."),
+    bench: list[str] = typer.Option(..., "--bench", help=BENCH_HELP),
     out: str = typer.Option(..., "--out", help="Run directory (results, summary, report)."),
     condition: list[str] = typer.Option(
         [],
@@ -137,9 +142,25 @@ def eval_command(
         return
     from safegap.eval.runner.render import results_table
 
-    table = results_table(result.summary, out)
-    Console(stderr=True).print(table)
+    err = Console(stderr=True)
+    err.print(results_table(result.summary, out, width=err.width))
+
+
+class EvalCommand(TyperCommand):
+    """``eval`` whose ``--help`` names every benchmark, read from the registry only when help is
+    shown (importing the benchmarks on every command would slow the CLI down)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from safegap.data.benchmarks import BENCHMARKS
+
+        for param in self.params:
+            if param.name == "bench":
+                param.help = (  # type: ignore[attr-defined]
+                    f"{BENCH_HELP} Names: {', '.join(BENCHMARKS)}. "
+                    "`safegap benchmarks` lists their files, conditions and options."
+                )
+        super().format_help(ctx, formatter)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+    app.command("eval", cls=EvalCommand)(eval_command)

@@ -25,11 +25,16 @@ with ``--perplexity`` also ``perplexity``, pooled over the records' ``fluency`` 
 when run, else the first) and each condition with ``text`` on the same samples (``other - baseline``;
 paired bootstrap: per-sample differences resampled together), capability metrics included. ``agreement`` gives Cohen's kappa between every pair of
 judges.
+
+``summary.json`` also has ``run`` (written by the runner): the run's defining arguments, counts of
+problems, and ``errors_by_reason`` (:func:`error_breakdown`: errored records per reason and
+errored verdicts per judge and reason, most frequent first).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from itertools import combinations
 from typing import Any
@@ -316,3 +321,42 @@ def capability_benchmarks(records: Sequence[Record]) -> dict[str, Record]:
             "chance": sum(chances) / len(chances) if None not in chances else None,
         }
     return out
+
+
+_LOCATION = re.compile(r"^.*? line \d+: ")  # "<file> line N: " of a malformed row
+_NUMBER = re.compile(r"\d+")
+
+
+def error_reason(text: str) -> str:
+    """The reason of one error message without what differs per sample (file, line, paths,
+    numbers), so equal causes count together: ``image not found``, ``generation failed:
+    OutOfMemoryError``, ``prompt too long``, ``empty 'prompt'``..."""
+    line = text.strip().splitlines()[0] if text.strip() else "unknown"
+    line = _LOCATION.sub("", line)
+    for prefix in ("image not found", "corrupt image"):
+        if line.startswith(prefix):
+            return prefix
+    if line.startswith("generation failed:"):
+        kind = line.removeprefix("generation failed:").strip().split(":")[0].strip()
+        return f"generation failed: {kind}" if kind else "generation failed"
+    if line.startswith("prompt is ") and " tokens but the model takes" in line:
+        return "prompt too long"
+    if line.startswith("duplicate sample id"):
+        return "duplicate sample id"
+    line = _NUMBER.sub("N", line)
+    return line if len(line) <= 80 else line[:77] + "..."
+
+
+def error_breakdown(records: Sequence[Record]) -> dict[str, int]:
+    """How many records failed for each reason (``record["error"]``) and how many verdicts each
+    judge could not give (``judge ID: reason``), most frequent first."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.get("error"):
+            key = error_reason(str(record["error"]))
+            counts[key] = counts.get(key, 0) + 1
+        for verdict in record.get("verdicts") or []:
+            if verdict.get("error"):
+                key = f"judge {verdict.get('judge')}: {error_reason(str(verdict['error']))}"
+                counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

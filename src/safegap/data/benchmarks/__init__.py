@@ -39,7 +39,9 @@ from safegap.data.benchmarks.base import (
     register_benchmark,
     resolve_benign_images,
     resolve_data_dir,
+    unknown_benchmark,
 )
+from safegap.errors import UserError
 from safegap.specs import parse_spec
 
 __all__ = [
@@ -65,9 +67,15 @@ def load_benchmark(spec: str, context: DataContext | None = None) -> Benchmark:
     the list of known ones."""
     parsed = parse_spec(spec, kind="benchmark")
     if parsed.name not in BENCHMARKS:
-        raise BenchmarkError(f"unknown benchmark {parsed.name!r}; known: {BENCHMARKS.known()}")
+        raise unknown_benchmark(parsed.name)
     cls = BENCHMARKS[parsed.name]
-    parsed.check_options(cls.option_keys, "benchmark")
+    try:
+        parsed.check_options(cls.option_keys, "benchmark")
+    except UserError as exc:  # e.g. images= given to harmbench: say that harmbench_mm takes it
+        other = BENCHMARKS.get(cls.counterpart) if cls.counterpart else None
+        if other is None or not set(parsed.options) & set(other.option_keys):
+            raise
+        raise UserError(f"{exc} ({other.name}, {other.description}, takes it)") from None
     return cls(str(parsed), parsed.arg, parsed.options, context or DataContext())
 
 

@@ -10,42 +10,43 @@ meaningless or an unrelated harmless image).
 Images are referenced, not loaded, until a batch needs them, so a run of thousands of samples
 holds only one batch of pixels, and a results file can say exactly which image was used.
 Malformed rows become samples with ``error`` set (reported, never dropped); a file that cannot
-be read at all is a :class:`BenchmarkError`.
+be read at all is a :class:`BenchmarkError`. Reading files and images is in
+:mod:`safegap.data.benchmarks.files` (re-exported here).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import difflib
 import hashlib
-import io
-import json
 import os
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL import Image, ImageDraw
 
+from safegap.data.benchmarks.files import (  # noqa: F401  (re-exported: loaders import them from base)
+    IMAGE_SUFFIXES,
+    BenchmarkError,
+    ImageLoadError,
+    find_image,
+    list_images,
+    open_image,
+    read_csv,
+    read_header,
+    read_json,
+    read_jsonl,
+)
 from safegap.data.images import blank_image, noise_image
-from safegap.errors import UserError, decode_utf8
 from safegap.plugins import BENCHMARKS_GROUP, Registry
 
 GENERIC_CONDITIONS: tuple[str, ...] = ("text", "blank_image", "noise_image", "benign_image")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 DATA_ENV = "SAFEGAP_DATA"
 BENIGN_ENV = "SAFEGAP_BENIGN_IMAGES"
-
-
-class BenchmarkError(ValueError):
-    """A benchmark cannot be loaded at all (unknown name, missing file or column)."""
-
-
-class ImageLoadError(ValueError):
-    """One sample's image is missing or unreadable (an errored sample, not a fatal error)."""
 
 
 @dataclass(frozen=True)
@@ -142,28 +143,10 @@ def resolve_benign_images(explicit: str | Path | None = None) -> Path | None:
     return path
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 def stable_seed(*parts: str) -> int:
     """A 31-bit seed from strings, identical across processes and runs (unlike ``hash``)."""
     digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` as RGB, or raise :class:`ImageLoadError` naming it."""
-    if not path.is_file():
-        raise ImageLoadError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageLoadError(
-            f"corrupt image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from exc
 
 
 def benign_scene(seed: int, size: tuple[int, int] = (336, 336)) -> Image.Image:
@@ -186,79 +169,6 @@ def benign_scene(seed: int, size: tuple[int, int] = (336, 336)) -> Image.Image:
     draw.rectangle((tx - 6, ty, tx + 6, ty + h // 6), fill=(110, 70, 30))
     draw.ellipse((tx - 30, ty - 45, tx + 30, ty + 10), fill=(30, 110, 40))
     return img
-
-
-def read_csv(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    r"""``(line number, row)`` for each data row of a UTF-8 CSV with a header (a BOM is dropped).
-    A missing file or column, an unterminated quote (which would swallow the rows after it) and a
-    row with more fields than the header are :class:`BenchmarkError`\ s naming the file and line."""
-    if not path.is_file():
-        raise BenchmarkError(f"benchmark file not found: {path}")
-    try:
-        text = decode_utf8(path.read_bytes(), path)
-    except UserError as exc:
-        raise BenchmarkError(str(exc)) from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader, [])
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise BenchmarkError(
-                f"{path}: missing column(s) {', '.join(missing)} (header: {', '.join(header) or 'empty'})"
-            )
-        start = reader.line_num + 1
-        for fields in reader:
-            if len(fields) > len(header):
-                raise BenchmarkError(
-                    f"{path} line {start}: {len(fields)} fields but the header has {len(header)} "
-                    "(an unquoted comma?)"
-                )
-            row = dict(zip(header, fields, strict=False))
-            yield start, {k: row.get(k, "") for k in header}
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        where = f"line {start}" if "start" in locals() else "the header"
-        hint = " (an unterminated quote?)" if "end of data" in str(exc) else ""
-        raise BenchmarkError(f"{path} {where}: malformed CSV ({exc}){hint}") from None
-
-
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise BenchmarkError(f"benchmark file not found: {path}")
-    try:
-        return json.loads(decode_utf8(path.read_bytes(), path))
-    except UserError as exc:
-        raise BenchmarkError(str(exc)) from None
-    except json.JSONDecodeError as exc:
-        raise BenchmarkError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """``(line number, object or None, error or None)`` per non-empty line."""
-    if not path.is_file():
-        raise BenchmarkError(f"benchmark file not found: {path}")
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                yield (
-                    number,
-                    None,
-                    f"{path} line {number}: not UTF-8 (invalid byte at column {exc.start + 1})",
-                )
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, None, f"{path} line {number}: not valid JSON ({exc.msg})"
-                continue
-            if not isinstance(obj, dict):
-                yield number, None, f"{path} line {number}: expected a JSON object"
-                continue
-            yield number, obj, None
 
 
 class SampleBuilder:
@@ -297,7 +207,33 @@ class Benchmark(ABC):
     #: Conditions used when ``--condition`` is not given.
     defaults: ClassVar[tuple[str, ...]] = GENERIC_CONDITIONS
     #: The ``key=value`` options the spec may give (any other key is an error naming these).
+    #: Set from :attr:`option_help` when a class declares that.
     option_keys: ClassVar[tuple[str, ...]] = ()
+    #: Each option key and what it sets (``safegap benchmarks`` and docs/evaluation.md list them).
+    option_help: ClassVar[Mapping[str, str]] = {}
+    #: Where the files go under the data root, and what ``NAME:PATH`` may point at.
+    layout: ClassVar[str] = ""
+    #: A registered benchmark easily taken for this one (named in this one's errors).
+    counterpart: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "option_help" in cls.__dict__ and "option_keys" not in cls.__dict__:
+            cls.option_keys = tuple(cls.option_help)
+
+    @classmethod
+    def info(cls) -> dict[str, Any]:
+        """What ``safegap benchmarks`` shows: name, description, file layout, conditions (the
+        defaults first) and options with their help."""
+        own = tuple(dict.fromkeys((*cls.own_conditions, *GENERIC_CONDITIONS)))
+        return {
+            "name": cls.name,
+            "description": cls.description,
+            "layout": cls.layout,
+            "default_conditions": list(cls.defaults),
+            "conditions": list(own),
+            "options": {key: cls.option_help.get(key, "") for key in cls.option_keys},
+        }
 
     def __init__(
         self, spec_id: str, arg: str | None, options: Mapping[str, str], context: DataContext
@@ -363,6 +299,47 @@ class Benchmark(ABC):
     def own_request(self, sample: Sample, condition: str) -> Request:
         raise BenchmarkError(f"benchmark {self.id!r} has no condition {condition!r}")
 
+    def check_folder_option(self, key: str = "images") -> None:
+        """A folder the spec names explicitly (``images=DIR``) must exist: without this, a
+        benchmark that can draw its images would silently draw them instead."""
+        if key in self.options and not Path(self.options[key]).expanduser().is_dir():
+            raise BenchmarkError(f"benchmark {self.id!r}: {key}={self.options[key]} is not a folder")
+
+    def check_images(self, samples: Sequence[Sample], condition: str) -> None:
+        """Fail up front (one line) when ``condition`` takes image files and not one of them
+        exists for ``samples``: a wrong images folder or data root, not a run of errored samples."""
+        paths: list[Path] = []
+        for sample in samples:
+            if sample.error:
+                continue
+            try:
+                ref = self.request(sample, condition).image
+            except (BenchmarkError, KeyError, ValueError, OSError):
+                continue
+            if ref is None or ref.kind != "file":
+                continue
+            path = Path(ref.value)
+            if path.is_file():
+                return
+            paths.append(path)
+        if not paths:
+            return
+        folder = paths[0].parent
+        where = f"folder {folder} does not exist" if not folder.is_dir() else f"first: {paths[0]}"
+        hint = f"; check images= or --data-dir{self.counterpart_hint()}"
+        raise BenchmarkError(
+            f"benchmark {self.id!r}, condition {condition!r}: none of its {len(paths)} image(s) exist "
+            f"({where}){hint}"
+        )
+
+    def counterpart_hint(self, condition: str | None = None) -> str:
+        """``" (NAME is ...)"`` naming the easily confused benchmark, if there is one (and it
+        offers ``condition``, when given)."""
+        other = BENCHMARKS.get(self.counterpart) if self.counterpart else None
+        if other is None or (condition is not None and condition not in other.own_conditions):
+            return ""
+        return f" ({other.name} is {other.description})"
+
     def benign_ref(self, sample: Sample) -> ImageRef:
         folder = self.context.benign_images
         if folder is not None:
@@ -407,6 +384,17 @@ def _benchmark_class(name: str, obj: object) -> type[Benchmark]:
 #: register when imported or declare themselves in the ``safegap.benchmarks`` entry-point group
 #: (:mod:`safegap.plugins`), imported the first time their name is looked up.
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark", BENCHMARKS_GROUP, _benchmark_class)
+
+
+def unknown_benchmark(name: str) -> BenchmarkError:
+    """The one-line error for an unknown benchmark name: the close names (with what each is, so
+    ``harmbench`` and ``harmbench_mm`` are told apart), then every known name."""
+    close = difflib.get_close_matches(name, list(BENCHMARKS), n=3, cutoff=0.6)
+    close += [n for n in BENCHMARKS if name.startswith(n) and n not in close]
+    hint = ""
+    if close:
+        hint = "; did you mean " + " or ".join(f"{n} ({BENCHMARKS[n].description})" for n in close) + "?"
+    return BenchmarkError(f"unknown benchmark {name!r}{hint}; known: {BENCHMARKS.known()}")
 
 
 def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:

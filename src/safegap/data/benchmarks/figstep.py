@@ -48,8 +48,13 @@ def figstep_image(instruction: str) -> Image.Image:
 @register_benchmark
 class FigStep(Benchmark):
     name = "figstep"
-    option_keys = ("images",)
     description = "FigStep SafeBench, 500 harmful questions rendered as typographic images"
+    layout = (
+        "<data>/figstep/safebench.csv (category_id, task_id, category_name, question, instruction); "
+        "images <data>/figstep/images/SafeBench/query_ForbidQI_{category_id}_{task_id}_6.png, drawn in "
+        "FigStep's layout when that folder is absent. NAME:PATH overrides the CSV."
+    )
+    option_help = {"images": "folder of the typographic images (default: images/SafeBench next to the CSV)"}
     own_conditions = ("figstep", "figstep_text")
     defaults = ("figstep", "text")
     csv_name = "safebench.csv"
@@ -63,6 +68,10 @@ class FigStep(Benchmark):
         if "images" in self.options:
             return Path(self.options["images"]).expanduser()
         return self.csv_path().parent / "images" / self.image_folder
+
+    def check_condition(self, condition: str) -> None:
+        super().check_condition(condition)
+        self.check_folder_option("images")
 
     def load(self) -> list[Sample]:
         path = self.csv_path()
@@ -110,5 +119,12 @@ class FigStep(Benchmark):
 class FigStepTiny(FigStep):
     name = "figstep_tiny"
     description = "FigStep SafeBench-Tiny, 50 questions (5 per topic), images bundled"
+    layout = (
+        "<data>/figstep/SafeBench-Tiny.csv; images <data>/figstep/images/SafeBench-Tiny/"
+        "query_ForbidQI_{category_id}_{task_id}_6.png. NAME:PATH overrides the CSV."
+    )
+    option_help = {
+        "images": "folder of the typographic images (default: images/SafeBench-Tiny next to the CSV)"
+    }
     csv_name = "SafeBench-Tiny.csv"
     image_folder = "SafeBench-Tiny"

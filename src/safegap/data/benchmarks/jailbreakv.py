@@ -31,6 +31,10 @@ COLUMNS = ("id", "jailbreak_query", "policy", "image_path")
 class JailbreakV(Benchmark):
     name = "jailbreakv"
     description = "JailBreakV-28K: jailbreak text-image pairs (16 policies)"
+    layout = (
+        "<data>/jailbreakv_28k/JailBreakV_28K/JailBreakV_28K.csv (id, jailbreak_query, policy, "
+        "image_path; image_path relative to the CSV). NAME:PATH overrides the CSV or its folder."
+    )
     own_conditions = ("image",)
     defaults = ("image",)
     csv_name = "JailBreakV_28K.csv"
@@ -91,4 +95,5 @@ class JailbreakV(Benchmark):
 class JailbreakVMini(JailbreakV):
     name = "jailbreakv_mini"
     description = "JailBreakV-28K mini (280 rows)"
+    layout = "<data>/jailbreakv_28k/JailBreakV_28K/mini_JailBreakV_28K.csv (as jailbreakv)."
     csv_name = "mini_JailBreakV_28K.csv"

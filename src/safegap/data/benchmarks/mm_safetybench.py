@@ -56,9 +56,17 @@ def typo_image(phrase: str, width: int = 1024, font_size: int = 90) -> Image.Ima
 @register_benchmark
 class MMSafetyBench(Benchmark):
     name = "mm_safetybench"
-    option_keys = ("images",)
     description = "MM-SafetyBench, 1,680 questions x 3 image kinds in 13 scenarios"
+    layout = (
+        "<data>/mm_safetybench/processed_questions/NN-Scenario.json and images (not bundled) "
+        "<data>/mm_safetybench/imgs/{scenario}/{SD|SD_TYPO|TYPO}/{id}.jpg; without them typo images "
+        "are drawn and sd/sd_typo are unavailable. NAME:PATH overrides the folder."
+    )
+    option_help = {
+        "images": "folder holding {scenario}/{SD,SD_TYPO,TYPO}/ (default: imgs in the data folder)"
+    }
     own_conditions = ("sd", "sd_typo", "typo")
+    defaults = ("sd", "sd_typo", "typo", "text")
     tiny = False
 
     def folder(self) -> Path:
@@ -71,11 +79,12 @@ class MMSafetyBench(Benchmark):
 
     def default_conditions(self) -> tuple[str, ...]:
         if self.images_dir().is_dir():
-            return ("sd", "sd_typo", "typo", "text")
+            return self.defaults
         return ("typo", "text")
 
     def check_condition(self, condition: str) -> None:
         super().check_condition(condition)
+        self.check_folder_option("images")
         if condition in ("sd", "sd_typo") and not self.images_dir().is_dir():
             raise BenchmarkError(
                 f"benchmark {self.id!r}: condition {condition!r} needs the MM-SafetyBench images under "

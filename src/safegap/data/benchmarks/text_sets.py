@@ -21,6 +21,7 @@ from safegap.data.benchmarks.base import (
     Sample,
     SampleBuilder,
     read_csv,
+    read_header,
     register_benchmark,
 )
 
@@ -52,9 +53,11 @@ class TextCsvBenchmark(Benchmark):
         prompt_col, cat_col, id_col, label_col = self.columns(path)
         required = [c for c in (prompt_col, cat_col, id_col, label_col) if c]
         out = SampleBuilder()
+        lines: dict[str, list[int]] = {}
         for index, (line, row) in enumerate(read_csv(path, required)):
             where = f"{path} line {line}"
             sample_id = (row[id_col].strip() if id_col else "") or str(index)
+            lines.setdefault(sample_id, []).append(line)
             category = (row[cat_col].strip() if cat_col else "") or self.default_category
             text = row[prompt_col].strip()
             if not text:
@@ -64,13 +67,29 @@ class TextCsvBenchmark(Benchmark):
             if label_col:
                 harmful = row[label_col].strip().lower() not in BENIGN_LABELS
             out.add(Sample(sample_id, category, text, harmful), where)
+        check_unique_ids(path, id_col, lines)
         return out.samples
+
+
+def check_unique_ids(path: Path, column: str | None, lines: dict[str, list[int]]) -> None:
+    """A non-unique id column is one error naming the first duplicate and its lines (instead of
+    every repeat becoming an errored sample)."""
+    repeated = {k: v for k, v in lines.items() if len(v) > 1}
+    if not repeated:
+        return
+    first, where = next(iter(repeated.items()))
+    more = f" (and {len(repeated) - 1} more repeated id(s))" if len(repeated) > 1 else ""
+    raise BenchmarkError(
+        f"{path}: id column {column!r} is not unique: {first!r} on lines "
+        f"{', '.join(map(str, where))}{more}; name a unique column with id="
+    )
 
 
 @register_benchmark
 class AdvBench(TextCsvBenchmark):
     name = "advbench"
     description = "AdvBench harmful behaviors (520 text requests)"
+    layout = "<data>/advbench/harmful_behaviors.csv (goal, target). NAME:PATH overrides the CSV."
     folder, file_name, prompt_column = "advbench", "harmful_behaviors.csv", "goal"
     default_category = "advbench"
 
@@ -79,6 +98,10 @@ class AdvBench(TextCsvBenchmark):
 class StrongReject(TextCsvBenchmark):
     name = "strongreject"
     description = "StrongREJECT forbidden prompts (313)"
+    layout = (
+        "<data>/strongreject/strongreject_dataset.csv (category, source, forbidden_prompt). "
+        "NAME:PATH overrides the CSV."
+    )
     folder, file_name = "strongreject", "strongreject_dataset.csv"
     prompt_column, category_column = "forbidden_prompt", "category"
 
@@ -87,14 +110,24 @@ class StrongReject(TextCsvBenchmark):
 class StrongRejectSmall(StrongReject):
     name = "strongreject_small"
     description = "StrongREJECT small set (60)"
+    layout = (
+        "<data>/strongreject/strongreject_small_dataset.csv (as strongreject). NAME:PATH overrides the CSV."
+    )
     file_name = "strongreject_small_dataset.csv"
 
 
 @register_benchmark
 class TextCsv(TextCsvBenchmark):
     name = "text_csv"
-    option_keys = ("category", "id", "label", "prompt")
     description = "any CSV of text requests: text_csv:PATH (prompt/goal/forbidden_prompt column)"
+    layout = "text_csv:PATH: any UTF-8 CSV with a header row; the columns are picked by the options."
+    option_help = {
+        "prompt": f"column of the requests (default: the first of {', '.join(PROMPT_COLUMNS)})",
+        "category": "column of categories (default: category, SemanticCategory or policy; else one category)",
+        "id": "column of unique sample ids (default: id or BehaviorID; else the row number)",
+        "label": "column marking requests to answer: safe, benign, harmless, 0 or false (default: label; "
+        "else every row is harmful)",
+    }
 
     def csv_path(self) -> Path:
         if not self.arg:
@@ -102,12 +135,7 @@ class TextCsv(TextCsvBenchmark):
         return Path(self.arg).expanduser()
 
     def columns(self, header_probe: Path) -> tuple[str, str | None, str | None, str | None]:
-        import csv
-
-        if not header_probe.is_file():
-            raise BenchmarkError(f"benchmark file not found: {header_probe}")
-        with open(header_probe, newline="", encoding="utf-8-sig", errors="replace") as handle:
-            header = next(csv.reader(handle), [])
+        header = read_header(header_probe)
         prompt = self.options.get("prompt") or next((c for c in PROMPT_COLUMNS if c in header), None)
         if prompt is None:
             raise BenchmarkError(

@@ -27,8 +27,14 @@ from safegap.data.benchmarks.base import (
 @register_benchmark
 class VLSafe(Benchmark):
     name = "vlsafe"
-    option_keys = ("coco",)
     description = "VLSafe harmlessness_examine: harmful queries grounded in COCO images"
+    layout = (
+        "<data>/vlsafe/harmlessness_examine.jsonl (query, image_id) and COCO train2017 in "
+        "<data>/vlsafe/coco/train2017/ or <data>/coco/train2017/. NAME:PATH overrides the JSONL."
+    )
+    option_help = {
+        "coco": "COCO folder holding train2017/ (default: coco next to the JSONL, else <data>/coco)"
+    }
     own_conditions = ("image",)
     defaults = ("image", "text")
 

@@ -19,6 +19,7 @@ LABELS = {"safe": False, "unsafe": True}
 class XSTest(Benchmark):
     name = "xstest"
     description = "XSTest over-refusal suite (250 safe lookalikes, 200 unsafe contrasts)"
+    layout = "<data>/xstest/xstest_prompts.csv (id, prompt, type, label). NAME:PATH overrides the CSV."
     defaults = ("text", "blank_image")
 
     def csv_path(self) -> Path:

@@ -43,6 +43,13 @@ IDENTITY_FIELDS = (
 IDENTITY_KEYS = (*IDENTITY_FIELDS, "defense_files", "long_prompts", "perplexity")
 
 
+def canonical_model(model: str) -> str:
+    """A local checkpoint as its absolute path (``./ckpt`` and ``/home/me/ckpt`` are one run);
+    a hub id, which names no local path, as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
 @dataclass
 class EvalConfig:
     """Everything ``safegap eval`` takes; :meth:`identity` is what a resumed run must repeat."""
@@ -78,10 +85,12 @@ class EvalConfig:
     perplexity: bool = False
 
     def identity(self) -> dict[str, Any]:
-        """The defining arguments, plus the content hash of every file a defense spec names
-        (``defense_files``: a shift recalibrated under the same path is a different run)."""
+        """The defining arguments (a local model as its absolute path), plus the content hash of
+        every file a defense spec names (``defense_files``: a shift recalibrated under the same
+        path is a different run)."""
         data = asdict(self)
         out = {k: data[k] for k in IDENTITY_FIELDS}
+        out["model"] = canonical_model(self.model)
         out["judges"] = [redact(spec) for spec in self.judges]  # never write a URL's credentials
         files = {spec: found for spec in self.defenses if (found := defense_files(spec))}
         if files:
@@ -183,9 +192,13 @@ def make_plan(
         for condition in conditions:
             if not any(condition in wanted for _, wanted in per_bench):
                 offered = sorted({c for b in benchmarks for c in b.conditions()})
+                hints = "".join(b.counterpart_hint(condition) for b in benchmarks)
                 raise BenchmarkError(
-                    f"no benchmark offers condition {condition!r}; offered: {', '.join(offered)}"
+                    f"no benchmark offers condition {condition!r}; offered: {', '.join(offered)}{hints}"
                 )
+    for bench, wanted in per_bench:
+        for condition in wanted:
+            bench.check_images(limit_samples(bench.samples(), limit), condition)
     batches: list[Batch] = []
     index = 0
     for defense in defenses:

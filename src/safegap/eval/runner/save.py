@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from safegap.eval.distributed import ProcessGroup
-from safegap.eval.metrics import summarize
+from safegap.eval.metrics import error_breakdown, summarize
 from safegap.eval.records import (
     Record,
     RunDirError,
@@ -21,7 +21,7 @@ from safegap.eval.records import (
     write_json_atomic,
 )
 from safegap.eval.run_guard import check_outcome, count_problems
-from safegap.eval.runner.plan import IDENTITY_KEYS, EvalConfig, Plan
+from safegap.eval.runner.plan import IDENTITY_KEYS, EvalConfig, Plan, canonical_model
 from safegap.eval.scoring.records import score_records
 
 
@@ -91,6 +91,8 @@ class RunDir:
                 found = json.loads(path.read_text(encoding="utf-8"))
             except ValueError as exc:
                 raise RunDirError(f"{path}: corrupt ({exc})") from exc
+            if isinstance(found, dict) and isinstance(found.get("model"), str):  # runs before paths
+                found["model"] = canonical_model(found["model"])  # were canonical: as seen from here
             diff = [k for k in {**found, **wanted} if k in IDENTITY_KEYS and found.get(k) != wanted.get(k)]
             if diff:
                 shown = "; ".join(_describe_change(k, found.get(k), wanted.get(k)) for k in diff)
@@ -157,6 +159,7 @@ class RunDir:
             "judge_ids": judges,
             "n_records": len(records),
             **count_problems(records),
+            "errors_by_reason": error_breakdown(records),
             "skipped_conditions": plan.skipped,
         }
         write_json_atomic(self.out / "summary.json", summary)
