@@ -26,11 +26,12 @@ Run directory:
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,16 @@ from safegap.data.benchmarks import (
     Request,
     Sample,
     limit_samples,
-    load_benchmark,
     resolve_benign_images,
     resolve_data_dir,
 )
 from safegap.data.benchmarks.base import stable_seed
 from safegap.errors import finite_float, redact
+from safegap.eval import objects as given
 from safegap.eval.defenses import Defense
 from safegap.eval.distributed import ProcessGroup, current_group
 from safegap.eval.metrics import summarize
+from safegap.eval.objects import split_objects
 from safegap.eval.records import (
     Record,
     RecordWriter,
@@ -86,13 +88,12 @@ from safegap.eval.run_guard import (
     prompt_limit,
 )
 from safegap.eval.wrappers import (
-    build_defense,
     check_defense_names,
     configure_generation,
     defense_details,
     defense_files,
 )
-from safegap.judge.base import JUDGES, Judge, JudgeInput, judge_safely, make_judge
+from safegap.judge.base import JUDGES, Judge, JudgeInput, judge_safely
 from safegap.models.checks import check_device
 from safegap.models.preprocess import map_in_threads
 
@@ -121,7 +122,10 @@ class SampleError(ValueError):
 
 @dataclass
 class EvalConfig:
-    """Everything ``safegap eval`` takes; :meth:`identity` is what a resumed run must repeat."""
+    """Everything ``safegap eval`` takes; :meth:`identity` is what a resumed run must repeat.
+
+    ``benchmarks``, ``defenses`` and ``judges`` take spec strings or objects (named by their
+    ``id``; kept in ``objects``, :mod:`safegap.eval.objects`)."""
 
     model: str
     benchmarks: list[str]
@@ -149,11 +153,17 @@ class EvalConfig:
     sort_by_length: bool = True
     #: A prompt longer than the model takes: ``error`` (an errored sample) or ``truncate``.
     long_prompts: str = "error"
+    objects: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.benchmarks = split_objects("benchmark", self.benchmarks, self.objects)
+        self.defenses = split_objects("defense", self.defenses, self.objects)
+        self.judges = split_objects("judge", self.judges, self.objects)
 
     def identity(self) -> dict[str, Any]:
         """The defining arguments, plus the content hash of every file a defense spec names
         (``defense_files``: a shift recalibrated under the same path is a different run)."""
-        data = asdict(self)
+        data = {k: copy.deepcopy(getattr(self, k)) for k in IDENTITY_FIELDS}
         out = {k: data[k] for k in IDENTITY_FIELDS}
         out["judges"] = [redact(spec) for spec in self.judges]  # never write a URL's credentials
         files = {spec: found for spec in self.defenses if (found := defense_files(spec))}
@@ -423,12 +433,12 @@ class Harness:
                 self.config.model, dtype=self.config.dtype, device=device, layers_path=self.config.layers_path
             )
         self.vlm = vlm
-        self.judges = [make_judge(spec) for spec in self.config.judges]
+        self.judges = [given.judge(spec, self.config.objects) for spec in self.config.judges]
         ids = [j.id for j in self.judges]
         if len(set(ids)) != len(ids):
             raise ValueError(f"the same judge is listed twice: {', '.join(ids)}")
         for spec in self.config.defenses:
-            defense = build_defense(spec, vlm)
+            defense = given.defense(spec, vlm, self.config.objects)
             configure_generation(defense, self.config.batch_size, self.config.generation_kwargs())
             self.defenses[spec] = defense
 
@@ -682,11 +692,12 @@ def prepare(config: EvalConfig) -> tuple[list[Benchmark], Plan]:
     if not config.benchmarks:
         raise ValueError("no benchmark given (--bench)")
     for spec in config.defenses:
-        check_defense_names(spec)
-    _check_judge_names(config.judges)
+        if spec not in config.objects:
+            check_defense_names(spec)
+    _check_judge_names([spec for spec in config.judges if spec not in config.objects])
     if len(set(config.defenses)) != len(config.defenses):
         raise ValueError(f"a defense is listed twice: {', '.join(config.defenses)}")
-    benchmarks = [load_benchmark(spec, context) for spec in config.benchmarks]
+    benchmarks = [given.benchmark(spec, context, config.objects) for spec in config.benchmarks]
     if len({b.id for b in benchmarks}) != len(benchmarks):
         raise ValueError(f"a benchmark is listed twice: {', '.join(config.benchmarks)}")
     plan = make_plan(
