@@ -393,7 +393,7 @@ def as_vlm(model: VLM | Any) -> VLM:
             f"cannot read the processor of the bare model {type(model).__name__} ({name or 'no path'}): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; load it with safegap.load"
         ) from None
-    adapter = cls(model, processor, tokenizer)
+    adapter = cls(model, processor, tokenizer)  # type: ignore[arg-type]
     vlm = VLM(model=model, processor=processor, tokenizer=tokenizer, adapter=adapter, name_or_path=name)
     _WRAPPED[model] = vlm
     return vlm
