@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from safegap.data.images import noise_image
-from safegap.eval.cmrm import CMRMDefense, cmrm_from_anchors, cmrm_sample_defense, parse_layers
+from safegap.eval.cmrm import CMRMDefense, cmrm_from_anchors, cmrm_sample_defense
 from safegap.eval.defenses import DEFENSES, make_defense
 from safegap.models import VLM
 from safegap.models.generation import generate
@@ -59,12 +59,13 @@ def test_cmrm_sample_defense_from_a_spec(llava: VLM) -> None:
     ("spec", "message"),
     [
         ("cmrm", "give the shift file"),
-        ("cmrm:{f},beta=1", "unknown option\\(s\\) beta"),
+        ("cmrm:{f},beta=1", "defense cmrm: unknown option 'beta'; valid: alpha, form, layers, policy"),
         ("cmrm:{f},alpha=x", "alpha='x' is not a number"),
         ("cmrm:{f},policy=middle", "unknown steering policy 'middle'"),
         ("cmrm:{f},positions=last", "positions= is now policy="),
         ("cmrm:{f},form=half", "form='half'"),
-        ("cmrm:{f},layers=3-1", "layers='3-1'"),
+        ("cmrm:{f},layers=2-1", "layers='2-1': layer range 2-1 runs backwards"),
+        ("cmrm:{f},layers=99", "layer 99 is out of range; the model has"),
         ("cmrm:missing.safetensors", "not found"),
         ("cmrm_sample:x.safetensors", "takes only options"),
         ("cmrm_sample:corrupt=gray", "corrupt='gray'"),
@@ -73,12 +74,6 @@ def test_cmrm_sample_defense_from_a_spec(llava: VLM) -> None:
 def test_bad_specs_fail_with_one_line(llava: VLM, shift_file: Path, spec: str, message: str) -> None:
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         make_defense(spec.format(f=shift_file), llava)
-
-
-def test_parse_layers() -> None:
-    assert parse_layers("all") == "all"
-    assert parse_layers("-1") == -1
-    assert parse_layers("2-4") == [2, 3, 4]
 
 
 def test_organism_factories(llava: VLM) -> None:

@@ -34,7 +34,9 @@ def calibrate_cmd(
     read_at: str = typer.Option(
         "last", "--read-at", "--position", help="Where states are read: last, last:K or text."
     ),
-    layers: str = typer.Option("all", "--layers", help="all, N or A-B."),
+    layers: str = typer.Option(
+        "all", "--layers", help="Layers: all, N, A-B or a comma list (negatives from the last layer)."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N anchors."),
     text_column: str | None = typer.Option(None, "--text-column", help="CSV/JSONL text field."),
@@ -73,9 +75,9 @@ def calibrate_cmd(
     and stored in the file, so `safegap generate --shift FILE`, `--defense cmrm:FILE` and
     `shift.apply()` all apply the vector as tuned."""
     from safegap.api import tune_shift
-    from safegap.eval.cmrm import parse_layers
     from safegap.eval.records import check_writable
     from safegap.models import load_vlm
+    from safegap.specs import check_layers
     from safegap.steer.anchors import load_anchors
     from safegap.steer.calibrate import ESTIMATORS, calibrate, check_read_at
     from safegap.steer.sweep import Tune
@@ -86,7 +88,7 @@ def calibrate_cmd(
         if estimator not in ESTIMATORS:
             raise ValueError(f"--estimator {estimator!r}: use {', '.join(ESTIMATORS)}")
         check_read_at(read_at)
-        layer_spec = parse_layers(layers)
+        layer_spec = check_layers(layers, "--layers")
         if out.suffix != ".safetensors":
             raise ValueError(f"--out {out}: the file name must end in .safetensors")
         check_writable(out)

@@ -8,8 +8,8 @@ from evaluation).
 * ``cmrm_sample[:corrupt=blank|noise,alpha=A,policy=P,layers=L]`` -- sample-level.
 
 ``policy`` is the steering position policy (``last``, ``last+decode``, ``prefill``, ``all``;
-:mod:`safegap.steer.intervene`); ``layers`` is ``all``, one index ``N`` or an inclusive range
-``A-B``. :class:`CMRMDefense` is also what :func:`safegap.CMRM` builds from a shift object.
+:mod:`safegap.steer.intervene`); ``layers`` is the one layer grammar of :mod:`safegap.specs`
+(``all``, ``N``, ``A-B`` or a comma list; negatives count from the model's last layer). :class:`CMRMDefense` is also what :func:`safegap.CMRM` builds from a shift object.
 
 For the organism study, :func:`cmrm_from_anchors` and :func:`cmrm_sample_defense` build defenses
 from a VLM and calibration anchors in one call; :func:`tuned_cmrm_defense` and
@@ -20,39 +20,26 @@ prompts with :func:`safegap.steer.sweep.tune`, recording how in the defense's ``
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from safegap.errors import UserError, finite_float
-from safegap.eval.defenses import DEFENSES, Defense, DefenseSpec
+from safegap.eval.defenses import DEFENSES, Defense
 from safegap.judge.base import Judge, RefusalPhraseJudge
 from safegap.models.adapter import ImagesArg
 from safegap.models.generation import generate
 from safegap.models.loading import VLM
+from safegap.specs import Layers, Spec, resolve_within
 from safegap.steer.anchors import Anchor
 from safegap.steer.calibrate import calibrate
-from safegap.steer.intervene import DEFAULT_POLICY, Layers, resolve_policy, resolve_steer_layers
+from safegap.steer.intervene import DEFAULT_POLICY, resolve_policy
 from safegap.steer.sample import generate_sample_level
 from safegap.steer.sweep import tune
 from safegap.steer.vector import FORMS, ShiftVector
 
 
-def parse_layers(text: str) -> Layers:
-    """``all``, ``N`` (negative counts from the end) or ``A-B`` (inclusive)."""
-    text = text.strip()
-    if text == "all":
-        return "all"
-    if re.fullmatch(r"-?\d+", text):
-        return int(text)
-    match = re.fullmatch(r"(\d+)-(\d+)", text)
-    if match and int(match[1]) <= int(match[2]):
-        return list(range(int(match[1]), int(match[2]) + 1))
-    raise ValueError(f"layers={text!r}: use all, N or A-B")
-
-
-def _alpha(options: dict[str, str], spec: DefenseSpec) -> float | None:
+def _alpha(options: dict[str, str], spec: Spec) -> float | None:
     if "alpha" not in options:
         return None
     try:
@@ -61,25 +48,19 @@ def _alpha(options: dict[str, str], spec: DefenseSpec) -> float | None:
         raise UserError(f"defense {spec}: {exc}") from None
 
 
-def check_layers(spec: DefenseSpec, layers: Layers, available: Sequence[int], num_layers: int) -> None:
-    """A ``layers=`` the model or vector does not have fails when the defense is built, not as a
-    run of errored samples."""
+def spec_layers(spec: Spec, layers: str, available: Sequence[int], num_layers: int) -> list[int]:
+    """The indices of a ``layers=`` option; one the model or vector does not have fails when the
+    defense is built, not as a run of errored samples."""
     try:
-        resolve_steer_layers(layers, available)
+        return resolve_within(layers, available, num_layers)
     except ValueError as exc:
-        raise UserError(
-            f"defense {spec}: layers={spec.options.get('layers')}: {exc} (the model has {num_layers} layers)"
-        ) from None
+        raise UserError(f"defense {spec}: {exc}") from None
 
 
-def _check_options(spec: DefenseSpec, allowed: set[str]) -> None:
+def _check_options(spec: Spec, valid: tuple[str, ...]) -> None:
     if "positions" in spec.options:
-        raise ValueError(f"defense {spec}: positions= is now policy= (the steering position policy)")
-    unknown = sorted(set(spec.options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"defense {spec}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+        raise UserError(f"defense {spec}: positions= is now policy= (the steering position policy)")
+    spec.check_options(valid, "defense")
 
 
 def shift_digest(shift: ShiftVector) -> str:
@@ -176,10 +157,10 @@ class SampleCMRMDefense:
         )
 
 
-def make_cmrm(spec: DefenseSpec, vlm: VLM) -> Defense:
+def make_cmrm(spec: Spec, vlm: VLM) -> Defense:
     if not spec.arg:
         raise ValueError(f"defense {spec}: give the shift file, e.g. cmrm:shift.safetensors,alpha=1.0")
-    _check_options(spec, {"alpha", "policy", "layers", "form"})
+    _check_options(spec, ("alpha", "form", "layers", "policy"))
     shift = ShiftVector.load(spec.arg, vlm=vlm)
     policy = spec.options.get("policy")
     if policy is not None:
@@ -187,26 +168,28 @@ def make_cmrm(spec: DefenseSpec, vlm: VLM) -> Defense:
     form = spec.options.get("form")
     if form is not None and form not in FORMS:
         raise ValueError(f"defense {spec}: form={form!r}; use full or increments")
-    layers = parse_layers(spec.options["layers"]) if "layers" in spec.options else None
-    if layers is not None:
-        check_layers(spec, layers, shift.layers, vlm.adapter.num_layers)
+    layers = (
+        spec_layers(spec, spec.options["layers"], shift.layers, vlm.adapter.num_layers)
+        if "layers" in spec.options
+        else None
+    )
     tuned = f" (tuned: {shift.tuning.describe()})" if shift.tuning is not None else ""
     return CMRMDefense(shift, _alpha(spec.options, spec), policy, layers, form, id=f"{spec}{tuned}")
 
 
-def make_cmrm_sample(spec: DefenseSpec, vlm: VLM) -> Defense:
+def make_cmrm_sample(spec: Spec, vlm: VLM) -> Defense:
     if spec.arg:
         raise ValueError(
             f"defense {spec}: cmrm_sample takes only options (corrupt=, alpha=, policy=, layers=)"
         )
-    _check_options(spec, {"alpha", "policy", "layers", "corrupt"})
+    _check_options(spec, ("alpha", "corrupt", "layers", "policy"))
     corrupt = spec.options.get("corrupt", "blank")
     if corrupt not in ("blank", "noise"):
         raise ValueError(f"defense {spec}: corrupt={corrupt!r}; use blank or noise")
     policy = spec.options.get("policy", DEFAULT_POLICY)
     resolve_policy(policy)
-    layers = parse_layers(spec.options.get("layers", "all"))
-    check_layers(spec, layers, range(vlm.adapter.num_layers), vlm.adapter.num_layers)
+    num_layers = vlm.adapter.num_layers
+    layers = spec_layers(spec, spec.options.get("layers", "all"), range(num_layers), num_layers)
     alpha = _alpha(spec.options, spec)
     return SampleCMRMDefense(1.0 if alpha is None else alpha, corrupt, policy, layers, id=str(spec))
 

@@ -35,13 +35,14 @@ There is one way to attach a shift: :meth:`safegap.steer.ShiftVector.apply`, whi
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from safegap.models.hooks import HookHandle, add_layer_hooks
+from safegap.specs import Layers, resolve_within
 from safegap.steer.operators import (
     HIDDEN_INDEPENDENT,
     OPERATORS,
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
     from safegap.models.loading import VLM
     from safegap.steer.vector import ShiftVector
 
-Layers = Literal["all"] | int | Sequence[int]
 PositionPolicy = Literal["last+decode", "last", "prefill", "all"]
 RowPolicy = Literal["image", "all"]
 
@@ -91,26 +91,6 @@ class Edit:
     direction: ShiftVector | torch.Tensor | None = None
     reference: ShiftVector | torch.Tensor | None = None
     clamp: tuple[float, float] = (0.0, 1.0)
-
-
-def resolve_steer_layers(layers: Layers, available: Sequence[int]) -> list[int]:
-    """``"all"`` means every layer the vector has; ints must be among them (negatives from the end
-    of ``available``)."""
-    have = sorted(available)
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers must be 'all', an int or a list of ints, got {layers!r}")
-        return have
-    wanted = [layers] if isinstance(layers, int) else list(layers)
-    out = []
-    for i in wanted:
-        j = have[i] if i < 0 and -len(have) <= i else i
-        if j not in have:
-            raise ValueError(f"layer {i} is not in the shift vector (it has layers {have[0]}..{have[-1]})")
-        out.append(j)
-    if not out:
-        raise ValueError("no layers requested")
-    return sorted(set(out))
 
 
 def cache_length(cache: Any) -> int:
@@ -416,6 +396,6 @@ def attach(
     """The engine behind :meth:`ShiftVector.apply` (which resolves the shift's tuning first)."""
     vlm = as_vlm(model)
     shift.check_fits(vlm)
-    chosen = resolve_steer_layers(layers, shift.layers)
+    chosen = resolve_within(layers, shift.layers, vlm.adapter.num_layers)
     vectors = {i: shift.vectors[i] for i in chosen}
     return SteeringHandle(vlm, vectors, alpha, policy, edit, rows, cache=cache)

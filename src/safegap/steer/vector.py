@@ -26,7 +26,8 @@ import safegap
 
 if TYPE_CHECKING:
     from safegap.models.loading import VLM
-    from safegap.steer.intervene import Edit, Layers, RowPolicy, SteeringHandle
+    from safegap.specs import Layers
+    from safegap.steer.intervene import Edit, RowPolicy, SteeringHandle
 
 METADATA_KEY = "safegap.shift_vector"
 FORMAT_VERSION = "1"
