@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from safegap.cli import demo, eval, gap, info, organism, report, steer, train
+from safegap.cli import demo, eval, frontier, gap, info, organism, report, steer, train
 from safegap.cli.common import OneLineGroup
 
 app = typer.Typer(
@@ -22,7 +22,7 @@ def _root() -> None:
     """Safety of vision-language models (always a command group, even with one command)."""
 
 
-for module in (info, steer, gap, train, eval, report, organism, demo):
+for module in (info, steer, gap, train, eval, frontier, report, organism, demo):
     module.register(app)
 
 

@@ -83,6 +83,8 @@ def _lazy_factory(module: str, attr: str) -> DefenseFactory:
 
 
 DEFENSES.setdefault("system_prompt", _lazy_factory("safegap.eval.wrappers", "make_system_prompt"))
+DEFENSES.setdefault("vlm_guard", _lazy_factory("safegap.eval.peers", "make_vlm_guard"))
+DEFENSES.setdefault("refusal_direction", _lazy_factory("safegap.eval.peers", "make_refusal_direction"))
 DEFENSES.setdefault("ecso", _lazy_factory("safegap.eval.wrappers", "make_ecso"))
 
 DEFENSES.setdefault("cmrm", _lazy_factory("safegap.eval.cmrm", "make_cmrm"))
