@@ -10,7 +10,7 @@ Lines printed (one JSON object each):
 * ``cmrm_dataset_overhead``: dataset-level steered ``generate`` (hooks attached and removed around
   every call, the default ``positions``) / unsteered; median over interleaved rounds of the
   per-round ratio, order alternating. Target <= 1.02. ``last_plus_decode_ratio``: the same with
-  the hooks also correcting every decode step (``positions="last+decode"``).
+  the hooks also correcting every decode step (``policy="last+decode"``).
 * ``cmrm_sample_overhead``: sample-level CMRM end to end (inputs built inside every arm) /
   unsteered, for the default layout; every layout's ratio is reported beside it. Target <= 1.3.
 * ``cmrm_calibration_throughput``: anchors per second of ``calibrate(batch_size=8)`` (shared
@@ -46,7 +46,7 @@ from safegap.models import VLM, load_vlm  # noqa: E402
 from safegap.models.generation import generate_ids  # noqa: E402
 from safegap.models.tiny import LLAVA_TEMPLATE, train_tokenizer  # noqa: E402
 from safegap.steer import calibrate, sample_level_ids  # noqa: E402
-from safegap.steer.intervene import DEFAULT_POSITIONS  # noqa: E402
+from safegap.steer.intervene import DEFAULT_POLICY  # noqa: E402
 from safegap.steer.sample import DEFAULT_LAYOUT, LAYOUTS, Layout  # noqa: E402
 
 WORDS = [
@@ -160,16 +160,16 @@ def bench_dataset(vlm: VLM, rounds: int) -> dict[str, Any]:
 
     def steered(positions: str) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
-            with shift.apply(vlm, alpha=1.0, positions=positions):
+            with shift.apply(vlm, alpha=1.0, policy=positions):
                 return generate_ids(vlm, inputs, 32, min_new_tokens=32)
 
         return run
 
-    assert not torch.equal(steered(DEFAULT_POSITIONS)(), base), "the shift should change the output"
+    assert not torch.equal(steered(DEFAULT_POLICY)(), base), "the shift should change the output"
     res = paired(
         {
             "none": lambda: generate_ids(vlm, inputs, 32, min_new_tokens=32),
-            "steered": steered(DEFAULT_POSITIONS),
+            "steered": steered(DEFAULT_POLICY),
             # the policy that runs the hooks on every decode step as well (the old default)
             "every_step": steered("last+decode"),
         },
@@ -179,7 +179,7 @@ def bench_dataset(vlm: VLM, rounds: int) -> dict[str, Any]:
     # attach + detach alone
     start = time.perf_counter()
     for _ in range(200):
-        shift.patch(vlm).remove()
+        shift.apply(vlm).remove()
     attach_ms = (time.perf_counter() - start) / 200 * 1e3
     return {
         "benchmark": "cmrm_dataset_overhead",
@@ -192,7 +192,7 @@ def bench_dataset(vlm: VLM, rounds: int) -> dict[str, Any]:
         "unsteered_wall_s": round(res["none"]["wall_s"], 4),
         "steered_wall_s": round(res["steered"]["wall_s"], 4),
         "attach_detach_ms": round(attach_ms, 4),
-        "positions": DEFAULT_POSITIONS,
+        "policy": DEFAULT_POLICY,
         "last_plus_decode_ratio": round(res["every_step"]["ratio"], 4),
         "layers": vlm.adapter.num_layers,
         "batch": 8,

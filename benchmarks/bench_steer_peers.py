@@ -2,7 +2,7 @@
 
 Model: the tiny LLaVA of ``bench_cmrm.py`` (CLIP 128 x 2, Llama 512 x 8, 42.9 M parameters).
 Vectors: one CMRM shift calibrated on 8 anchors. Both libraries add the same vector to every
-decoder layer's output at every position of every row (safegap: ``positions="all"``,
+decoder layer's output at every position of every row (safegap: ``policy="all"``,
 ``rows="all"``, its add operator h + alpha v; steering-vectors 0.12.2: ``SteeringVector.apply``
 with the explicit layer template), around the same greedy ``generate`` of 32 new
 tokens for 8 prompts; the generated tokens are checked identical before timing.
@@ -75,7 +75,7 @@ def main() -> None:
             return generate_ids(vlm, inputs, 32, min_new_tokens=32)
 
         def run_safegap() -> torch.Tensor:
-            with shift.apply(vlm, alpha=1.0, positions="all", rows="all"):
+            with shift.apply(vlm, alpha=1.0, policy="all", rows="all"):
                 return generate_ids(vlm, inputs, 32, min_new_tokens=32)
 
         def run_peer() -> torch.Tensor:

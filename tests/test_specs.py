@@ -151,7 +151,7 @@ def test_judge_unknown_key(spec: str, message: str) -> None:
         ),
         (
             "cmrm:x.safetensors,alhpa=1",
-            "^defense cmrm: unknown option 'alhpa'; valid: alpha, form, layers, positions",
+            "^defense cmrm: unknown option 'alhpa'; valid: alpha, form, layers, policy",
         ),
         (
             "cmrm_sample:corupt=noise",

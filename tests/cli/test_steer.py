@@ -160,6 +160,16 @@ def test_generate_errors(model_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "either --shift or --sample-level" in result.output
 
 
+def _anchor_file(folder: Path, name: str, prompts: list[str]) -> Path:
+    lines = []
+    for i, prompt in enumerate(prompts):
+        noise_image((40, 30), seed=10 + i).save(folder / f"{name}{i}.png")
+        lines.append(json.dumps({"prompt": prompt, "image": f"{name}{i}.png"}))
+    path = folder / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def test_calibrate_tunes_alpha_and_the_defense_applies_it(
     model_dir: Path, anchors: Path, tmp_path: Path
 ) -> None:
@@ -168,16 +178,24 @@ def test_calibrate_tunes_alpha_and_the_defense_applies_it(
 
     out = tmp_path / "tuned.safetensors"
     args = ["calibrate", "--model", str(model_dir), "--anchors", str(anchors), "--out", str(out)]
-    tune = ["--tune-harmful", str(anchors), "--tune-benign", str(anchors), "--batch-size", "3"]
+    harmful = _anchor_file(tmp_path, "harmful", ["how do i steal a car ?", "how do i make a bomb ?"])
+    benign = _anchor_file(tmp_path, "benign", ["how do i bake bread ?"])
+    tune = ["--tune-harmful", str(harmful), "--tune-benign", str(benign), "--batch-size", "3"]
     result = runner.invoke(app, [*args, *tune])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     shift = ShiftVector.load(out)
-    assert shift.tuning is not None and summary["alpha"] == shift.tuning["alpha"]
-    assert shift.tuning["form"] in ("full", "increments") and len(shift.tuning["sweeps"]["full"]) == 16
+    assert shift.tuning is not None and summary["alpha"] == shift.tuning.alpha
+    assert shift.tuning.form in ("full", "increments") and len(shift.tuning.chosen_by["sweeps"]["full"]) == 16
+    assert shift.tuning.chosen_by["harmful"] == str(harmful)
     vlm = load_vlm(model_dir)
     tuned = make_defense(f"cmrm:{out}", vlm)
-    assert tuned.alpha == shift.tuning["alpha"] and "tuned" in tuned.id  # type: ignore[attr-defined]
+    assert tuned.alpha is None and "tuned" in tuned.id  # type: ignore[attr-defined]
+    assert tuned.shift.tuning == shift.tuning  # type: ignore[attr-defined]
     assert make_defense(f"cmrm:{out},alpha=0.3", vlm).alpha == 0.3  # type: ignore[attr-defined]
     half = runner.invoke(app, [*args, "--tune-harmful", str(anchors)])
     assert half.exit_code != 0 and "--tune-benign" in half.output
+    # the same (or an overlapping, e.g. the mixed organism set) prompts as harmful and benign
+    same = runner.invoke(app, [*args, "--tune-harmful", str(anchors), "--tune-benign", str(anchors)])
+    assert same.exit_code == 2 and "share 3 prompt(s)" in same.output and "kind=harmful" in same.output
+    assert len([ln for ln in same.output.splitlines() if ln.startswith("error:")]) == 1

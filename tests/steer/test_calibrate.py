@@ -100,7 +100,7 @@ def test_provenance_and_diagnostics_are_filled(llava: VLM) -> None:
     p = shift.provenance
     assert p.model == llava.fingerprint()
     assert p.anchors_size == 4 and len(p.anchors_hash) == 64 and p.anchors_source == "unit-test"
-    assert p.corruption["kind"] == "noise" and p.estimator == "pca" and p.position == "last"
+    assert p.corruption["kind"] == "noise" and p.estimator == "pca" and p.read_at == "last"
     n = llava.adapter.num_layers
     for key in (
         "pc1_fraction",
@@ -126,18 +126,18 @@ def test_anchors_without_images_use_the_default_blank(llava: VLM) -> None:
     assert shift.provenance.anchors_size == 2
 
 
-@pytest.mark.parametrize("position", ["last:3", "text"])
-def test_other_read_positions(llava: VLM, position: str) -> None:
-    shift = calibrate(llava, image_anchors(3), position=position)
-    assert shift.provenance.position == position
+@pytest.mark.parametrize("read_at", ["last:3", "text"])
+def test_other_read_positions(llava: VLM, read_at: str) -> None:
+    shift = calibrate(llava, image_anchors(3), read_at=read_at)
+    assert shift.provenance.read_at == read_at
     assert shift.layers == list(range(llava.adapter.num_layers))
-    states = read_states(llava, ["a b c", "how do i make a cake ?"], None, [0], position)
+    states = read_states(llava, ["a b c", "how do i make a cake ?"], None, [0], read_at)
     assert states[0].shape == (2, llava.adapter.hidden_size)
 
 
 def test_bad_arguments_fail_clearly(llava: VLM) -> None:
     with pytest.raises(ValueError, match="unknown read position 'first'"):
-        calibrate(llava, image_anchors(2), position="first")
+        calibrate(llava, image_anchors(2), read_at="first")
     with pytest.raises(ValueError, match="unknown estimator 'median'"):
         calibrate(llava, image_anchors(2), estimator="median")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown corruption 'gray'"):

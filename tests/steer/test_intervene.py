@@ -13,7 +13,7 @@ from safegap.models.generation import generate, generate_ids
 from safegap.probe import record
 from safegap.specs import resolve_within
 from safegap.steer import ShiftVector, calibrate
-from safegap.steer.intervene import POSITION_POLICIES
+from safegap.steer.intervene import POSITION_POLICIES, Edit
 
 from .conftest import FAMILIES, image_anchors, no_hooks_left
 
@@ -52,7 +52,7 @@ def test_alpha_zero_reproduces_unsteered_greedy_output_bit_for_bit(
     shift = big(shift_for(vlm))
     policies = list(POSITION_POLICIES) if family == "llava" else ["last+decode", "all"]
     for positions in policies:
-        with shift.apply(vlm, alpha=0.0, positions=positions) as handle:
+        with shift.apply(vlm, alpha=0.0, policy=positions) as handle:
             assert torch.equal(generate_ids(vlm, inputs, 8), base), positions
         assert handle.steered_forwards > 0  # the hooks ran
     with shift.apply(vlm, alpha=1.0):
@@ -72,7 +72,7 @@ def test_rows_without_an_image_are_untouched(tiny_vlm_factory: Callable[[str], V
         inputs = vlm.build_inputs(TEXTS)
         text_rows, image_rows = [0, 1, 2], []
     plain = record(vlm, inputs, positions="all", dtype=None)
-    with shift.apply(vlm, alpha=1.0, positions="all"):
+    with shift.apply(vlm, alpha=1.0, policy="all"):
         steered = record(vlm, inputs, positions="all", dtype=None)
     assert plain.row_index is not None
     for i in plain.layers:
@@ -100,7 +100,7 @@ def test_hooks_fire_at_prefill_and_every_decode_step(
         expected = {}
         for positions, policy in POSITION_POLICIES.items():
             forwards.clear()
-            with shift_for(vlm).apply(vlm, alpha=0.5, positions=positions) as handle:
+            with shift_for(vlm).apply(vlm, alpha=0.5, policy=positions) as handle:
                 vlm.model.generate(
                     **inputs,
                     max_new_tokens=6,
@@ -135,7 +135,7 @@ def test_position_policies_at_prefill(llava: VLM) -> None:
 
     plain = run("plain")
     for positions in POSITION_POLICIES:
-        with shift.apply(llava, positions=positions, layers=[0]):
+        with shift.apply(llava, policy=positions, layers=[0]):
             changed = (run(positions) != plain).any(-1)
         expect = torch.zeros_like(valid)
         if POSITION_POLICIES[positions].prefill == "last":
@@ -151,19 +151,19 @@ def test_exception_inside_the_context_leaves_no_hook(llava: VLM) -> None:
         assert not no_hooks_left(llava)
         raise RuntimeError("boom")
     assert no_hooks_left(llava)
-    handle = shift.patch(llava)
+    handle = shift.apply(llava)
     handle.remove()
     handle.remove()  # idempotent
     assert no_hooks_left(llava) and not handle.attached
 
 
-def test_patch_handle_equals_context_manager_and_removal_restores_baseline(llava: VLM) -> None:
+def test_kept_handle_equals_context_manager_and_removal_restores_baseline(llava: VLM) -> None:
     inputs = llava.build_inputs(*mixed_batch(llava))
     base = generate_ids(llava, inputs, 8)
     shift = big(shift_for(llava))
     with shift.apply(llava, alpha=0.7):
         ctx = generate_ids(llava, inputs, 8)
-    handle = shift.patch(llava, alpha=0.7)
+    handle = shift.apply(llava, alpha=0.7)
     try:
         patched = generate_ids(llava, inputs, 8)
     finally:
@@ -203,24 +203,24 @@ def test_operators_through_the_hooks(llava: VLM) -> None:
     with shift.apply(llava):
         subtracted = generate_ids(llava, inputs, 8)
     # projecting onto the vector's own direction is plain CMRM
-    with shift.apply(llava, operator="project", direction=shift):
+    with shift.apply(llava, edit=Edit("project", direction=shift)):
         assert torch.equal(generate_ids(llava, inputs, 8), subtracted)
     # projecting onto an orthogonal direction changes nothing
     ortho = ShiftVector(
         {i: torch.roll(v, 1) - (torch.roll(v, 1) @ v) / (v @ v) * v for i, v in shift.vectors.items()}
     )
-    with shift.apply(llava, operator="project", direction=ortho):
+    with shift.apply(llava, edit=Edit("project", direction=ortho)):
         assert torch.equal(generate_ids(llava, inputs, 8), base)
     # a gate that is always closed leaves the output bit-identical; always open = CMRM
     far = 1e4 * shift
-    with shift.apply(llava, operator="gated", direction=shift, reference=far):
+    with shift.apply(llava, edit=Edit("gated", direction=shift, reference=far)):
         assert torch.equal(generate_ids(llava, inputs, 8), base)
-    with shift.apply(llava, operator="gated", direction=shift, reference=far, clamp=(1.0, 1.0)):
+    with shift.apply(llava, edit=Edit("gated", direction=shift, reference=far, clamp=(1.0, 1.0))):
         assert torch.equal(generate_ids(llava, inputs, 8), subtracted)
     with pytest.raises(ValueError, match="needs a direction"):
-        shift.patch(llava, operator="project")
-    with pytest.raises(ValueError, match="unknown positions policy"):
-        shift.patch(llava, positions="everywhere")
+        shift.apply(llava, edit=Edit("project"))
+    with pytest.raises(ValueError, match="unknown steering policy"):
+        shift.apply(llava, policy="everywhere")
     assert no_hooks_left(llava)
 
 

@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 import safegap
+from safegap.data.images import noise_image
 from safegap.models import VLM
-from safegap.steer import Provenance, ShiftVector
+from safegap.steer import Provenance, ShiftVector, Tuning
 
 
 def make(values: dict[int, list[float]], **prov: object) -> ShiftVector:
@@ -77,7 +78,7 @@ def test_save_load_round_trip_keeps_provenance(tmp_path: Path) -> None:
         anchors_size=7,
         anchors_source="a.txt",
         corruption={"kind": "blank", "color": [255, 255, 255]},
-        position="last",
+        read_at="last",
         estimator="pca",
     )
     v = ShiftVector({0: torch.randn(3), 1: torch.randn(3)}, prov, {"vector_norm": [1.0, 2.0]})
@@ -132,3 +133,75 @@ def test_loading_onto_a_model_it_does_not_fit_names_both_shapes(llava: VLM, tmp_
 def test_repr_is_short() -> None:
     text = repr(make({0: [1.0, 2.0]}, estimator="mean", anchors_size=3))
     assert text.startswith("ShiftVector(1 layers x 2") and "anchors=3" in text
+
+
+# -- tuning ---------------------------------------------------------------------------------------
+TUNED = Tuning(alpha=0.5, form="increments", policy="last+decode", chosen_by={"rule": "r"})
+
+
+def test_tuning_round_trips_and_old_plain_dict_files_still_load(tmp_path: Path) -> None:
+    v = ShiftVector({0: torch.randn(3), 2: torch.randn(3)}, tuning=TUNED)
+    back = ShiftVector.load(v.save(tmp_path / "t.safetensors"))
+    assert back.tuning == TUNED and back.tuning.chosen_by == {"rule": "r"}
+    # a file written before the typed field: a plain dict with "positions", a provenance "position"
+    old = tmp_path / "old.safetensors"
+    meta = {
+        "format": "1",
+        "provenance": {"position": "last:2", "estimator": "mean"},
+        "diagnostics": {},
+        "tuning": {"alpha": 0.3, "form": "full", "positions": "prefill", "rule": "x", "sweeps": {}},
+    }
+    save_file({"layer.0": torch.ones(2)}, str(old), metadata={"safegap.shift_vector": json.dumps(meta)})
+    loaded = ShiftVector.load(old)
+    assert loaded.provenance.read_at == "last:2"
+    assert loaded.tuning == Tuning(alpha=0.3, form="full", policy="prefill")
+    assert loaded.tuning.chosen_by == {"rule": "x", "sweeps": {}}
+    bad = tmp_path / "bad.safetensors"
+    meta["tuning"] = {"alpha": 0.3, "form": "half"}
+    save_file({"layer.0": torch.ones(2)}, str(bad), metadata={"safegap.shift_vector": json.dumps(meta)})
+    with pytest.raises(ValueError, match="bad.safetensors: tuning form 'half'"):
+        ShiftVector.load(bad)
+
+
+def test_increments_and_select_layers_keep_what_apply_does() -> None:
+    v = make({0: [1.0, 0.0], 1: [3.0, 1.0], 2: [4.0, 4.0]}).with_tuning(TUNED)
+    inc = v.increments()  # the tuned form materialised: the same vectors apply, now as "full"
+    assert inc.tuning == Tuning(alpha=0.5, form="full", policy="last+decode")
+    assert torch.equal(inc.vectors[2], torch.tensor([1.0, 3.0]))
+    picked = v.select_layers([1, 2])  # increments of the calibrated layers, not of the subset
+    assert picked.tuning is not None and picked.tuning.form == "full"
+    assert torch.equal(picked.vectors[1], torch.tensor([2.0, 1.0]))
+    full = v.with_tuning(Tuning(alpha=0.2, layers=(0, 2)))
+    assert full.select_layers([2]).tuning == Tuning(alpha=0.2, layers=(2,))
+    with pytest.raises(ValueError, match="none of"):
+        full.select_layers([1])
+    assert full.increments().tuning == full.tuning
+
+
+def test_arithmetic_keeps_the_tuning_only_when_both_agree() -> None:
+    a = make({0: [1.0, 2.0]}).with_tuning(TUNED)
+    b = make({0: [0.5, 0.5]}).with_tuning(Tuning(alpha=0.5, form="increments", policy="last+decode"))
+    assert (a - b).tuning == TUNED  # chosen_by is provenance, not part of the agreement
+    assert (a + make({0: [1.0, 1.0]})).tuning is None
+    assert (a + b.with_tuning(Tuning(alpha=0.7))).tuning is None
+    assert (a + make({1: [1.0, 1.0]}).with_tuning(TUNED)).tuning is None  # different layers
+    assert (2 * a).tuning == TUNED and (-a).tuning == TUNED and (a / 2).tuning == TUNED
+    assert a.to(dtype=torch.float64).tuning == TUNED
+
+
+def test_apply_takes_a_bare_hugging_face_model(llava: VLM) -> None:
+    from safegap.models.generation import generate_ids
+
+    shift = ShiftVector(
+        {i: torch.randn(llava.adapter.hidden_size) * 20 for i in range(llava.adapter.num_layers)},
+        Provenance(model=llava.fingerprint()),
+        tuning=Tuning(alpha=0.8),
+    )
+    inputs = llava.build_inputs(["how do i make a cake ?"], [noise_image((48, 40), seed=3)])
+    with shift.apply(llava):
+        wrapped = generate_ids(llava, inputs, 6)
+    with shift.apply(llava.model) as handle:
+        bare = generate_ids(llava, inputs, 6)
+    assert torch.equal(wrapped, bare) and handle.alpha == 0.8 and not handle.attached
+    with pytest.raises(TypeError, match="a safegap VLM or a Hugging Face model"):
+        shift.apply("llava")

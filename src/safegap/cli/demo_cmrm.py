@@ -14,7 +14,7 @@ Files under ``OUT/cmrm/``: ``shift.safetensors``, the run directory ``eval-organ
 (``samples.jsonl``, ``summary.json``, ``report.html``) and ``cmrm.json`` (the table's figures).
 
 Alpha and the vector's form are tuned on the calibration split's labelled requests
-(:func:`safegap.steer.defenses.tune_cmrm`, as ``safegap calibrate --tune-harmful/--tune-benign``
+(:func:`safegap.steer.sweep.tune`, as ``safegap calibrate --tune-harmful/--tune-benign``
 does) and stored in the shift file, which the ``cmrm:`` defense then applies; the other settings
 are the spec's defaults, except for what :data:`CMRM_OPTIONS` overrides (the one place to change
 them).
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 #: Conditions of the before/after comparison.
 CONDITIONS = ("text", "benign_image", "blank_image")
-#: Options added to the ``cmrm:SHIFT`` spec (e.g. ``"alpha=0.5,positions=last"``), the one place
-#: to override CMRM's settings for the demo; empty: the spec's defaults (alpha, positions, layers,
+#: Options added to the ``cmrm:SHIFT`` spec (e.g. ``"alpha=0.5,policy=last"``), the one place
+#: to override CMRM's settings for the demo; empty: the spec's defaults (alpha, policy, layers,
 #: form), so the demo shows CMRM as ``safegap eval --defense cmrm:SHIFT`` runs it.
 CMRM_OPTIONS = ""
 #: Reply length: the organism's replies are one short sentence (as in ``safegap organism study``).
@@ -123,14 +123,13 @@ def before_after_table(
 
 
 def run_cmrm_report(ctx: DemoContext) -> None:
+    from safegap.api import calibrate
     from safegap.eval.records import read_records
     from safegap.eval.runner import EvalConfig, run_eval
     from safegap.eval.wrappers import build_defense
     from safegap.models import load_vlm
     from safegap.report import write_report
-    from safegap.steer.anchors import load_anchors
-    from safegap.steer.calibrate import calibrate
-    from safegap.steer.defenses import tune_cmrm
+    from safegap.steer.sweep import Tune
 
     path = ctx.organism_path("cmrm")
     root = ctx.out / "cmrm"
@@ -142,23 +141,21 @@ def run_cmrm_report(ctx: DemoContext) -> None:
     root.mkdir(parents=True, exist_ok=True)
     vlm = load_vlm(path)
     with console.status("calibrating CMRM on the organism's calibration split and tuning alpha on it"):
-        shift = calibrate(vlm, load_anchors("organism:calibration"), source="organism:calibration")
         # as `safegap calibrate --tune-harmful ...,kind=harmful --tune-benign ...,kind=benign`
-        tuning = tune_cmrm(
-            vlm,
-            shift,
-            load_anchors("organism:calibration,kind=harmful"),
-            load_anchors("organism:calibration,kind=benign"),
-            batch_size=64,
-        )
-        shift.tuning = tuning.as_dict()
+        how = Tune("organism:calibration,kind=harmful", "organism:calibration,kind=benign", batch_size=64)
+        shift = calibrate(vlm, "organism:calibration", tune=how)
+        assert shift.tuning is not None
+        tuning = shift.tuning
     shift_path = shift.save(root / "shift.safetensors")
     cmrm = f"cmrm:{Path(shift_path).resolve()}" + (f",{CMRM_OPTIONS}" if CMRM_OPTIONS else "")
-    # sample-level CMRM beside it (spec defaults: alpha 1, blank corruption, positions last)
+    # sample-level CMRM beside it (spec defaults: alpha 1, blank corruption, policy last)
     defenses = ["none", cmrm, "cmrm_sample"]
     built = build_defense(cmrm, vlm)  # what the spec resolves to, for the record
-    settings = {k: str(getattr(built, k)) for k in ("alpha", "positions", "layers") if hasattr(built, k)}
-    settings["form"] = tuning.form
+    # the spec's own options, else the shift's tuning (as the defense applies them)
+    settings = {
+        k: str(given if (given := getattr(built, k, None)) is not None else getattr(tuning, k))
+        for k in ("alpha", "policy", "layers", "form")
+    }
     config = EvalConfig(
         model=str(path),
         benchmarks=["organism"],

@@ -4,6 +4,7 @@ optionally steered by a saved shift or by sample-level CMRM)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -15,10 +16,12 @@ from safegap.errors import finite_float
 if TYPE_CHECKING:
     from safegap.steer.anchors import CorruptionKind
     from safegap.steer.calibrate import Estimator
+    from safegap.steer.vector import Form
 
 ANCHORS_HELP = (
     "Anchor set: a .txt file (one prompt per line), a .csv or .jsonl file with a prompt/text/question "
-    "column and an optional image column (paths relative to the file), or organism:calibration."
+    "column and an optional image column (paths relative to the file), or "
+    "organism:calibration[,kind=harmful|benign][,n=N][,world_seed=S]."
 )
 
 
@@ -28,7 +31,9 @@ def calibrate_cmd(
     out: Path = typer.Option(..., "--out", help="Output .safetensors file."),
     corrupt: str = typer.Option("blank", "--corrupt", help="Meaningless image: blank (white) or noise."),
     estimator: str = typer.Option("mean", "--estimator", help="mean, pca or pca_centered."),
-    position: str = typer.Option("last", "--position", help="Where states are read: last, last:K or text."),
+    read_at: str = typer.Option(
+        "last", "--read-at", "--position", help="Where states are read: last, last:K or text."
+    ),
     layers: str = typer.Option(
         "all", "--layers", help="Layers: all, N, A-B or a comma list (negatives from the last layer)."
     ),
@@ -51,10 +56,13 @@ def calibrate_cmd(
     tune_harmful: str | None = typer.Option(
         None,
         "--tune-harmful",
-        help="Harmful prompts with images (an anchor spec) to choose alpha on; needs --tune-benign.",
+        help="Harmful prompts with images (an anchor spec, e.g. organism:calibration,kind=harmful) to "
+        "choose alpha on; needs --tune-benign.",
     ),
     tune_benign: str | None = typer.Option(
-        None, "--tune-benign", help="Benign prompts with images (an anchor spec) to choose alpha on."
+        None,
+        "--tune-benign",
+        help="Benign prompts with images (an anchor spec, e.g. organism:calibration,kind=benign).",
     ),
     max_over_refusal_rise: float = typer.Option(
         0.05, "--max-over-refusal-rise", min=0.0, help="Tuning: over-refusal allowed above alpha 0's."
@@ -64,20 +72,22 @@ def calibrate_cmd(
 
     With --tune-harmful/--tune-benign, alpha and the vector's form are chosen on those prompts
     (the lowest unsafe rate whose over-refusal stays within --max-over-refusal-rise of alpha 0's)
-    and stored in the file, so `--defense cmrm:FILE` applies the vector as tuned."""
+    and stored in the file, so `safegap generate --shift FILE`, `--defense cmrm:FILE` and
+    `shift.apply()` all apply the vector as tuned."""
+    from safegap.api import tune_shift
     from safegap.eval.records import check_writable
     from safegap.models import load_vlm
     from safegap.specs import check_layers
     from safegap.steer.anchors import load_anchors
-    from safegap.steer.calibrate import ESTIMATORS, calibrate, check_position
-    from safegap.steer.defenses import tune_cmrm
+    from safegap.steer.calibrate import ESTIMATORS, calibrate, check_read_at
+    from safegap.steer.sweep import Tune
 
     with user_errors():
         if corrupt not in ("blank", "noise"):
             raise ValueError(f"--corrupt {corrupt!r}: use blank or noise")
         if estimator not in ESTIMATORS:
             raise ValueError(f"--estimator {estimator!r}: use {', '.join(ESTIMATORS)}")
-        check_position(position)
+        check_read_at(read_at)
         layer_spec = check_layers(layers, "--layers")
         if out.suffix != ".safetensors":
             raise ValueError(f"--out {out}: the file name must end in .safetensors")
@@ -85,21 +95,24 @@ def calibrate_cmd(
         if (tune_harmful is None) != (tune_benign is None):
             raise ValueError("give both --tune-harmful and --tune-benign, or neither")
         items = load_anchors(anchors, text_column, image_column, limit)
-        tuning_sets = (
-            (
+        how = None
+        if tune_harmful is not None and tune_benign is not None:
+            how = Tune(
                 load_anchors(tune_harmful, text_column, image_column),
                 load_anchors(tune_benign, text_column, image_column),
+                max_over_refusal_rise=max_over_refusal_rise,
+                batch_size=batch_size,
             )
-            if tune_harmful is not None and tune_benign is not None
-            else None
-        )
+            from safegap.api import check_tuning_sets
+
+            check_tuning_sets(how.harmful, how.benign, ("--tune-harmful", "--tune-benign"))  # type: ignore[arg-type]
         vlm = load_vlm(model, dtype=dtype, device=device, layers_path=layers_path)
         shift = calibrate(
             vlm,
             items,
             corrupt=cast("CorruptionKind", corrupt),
             estimator=cast("Estimator", estimator),
-            position=position,
+            read_at=read_at,
             layers=layer_spec,
             batch_size=batch_size,
             system=system,
@@ -107,11 +120,11 @@ def calibrate_cmd(
             diagnostics=diagnostics,
             source=anchors,
         )
-        if tuning_sets is not None:
-            tuning = tune_cmrm(
-                vlm, shift, *tuning_sets, max_over_refusal_rise=max_over_refusal_rise, batch_size=batch_size
+        if how is not None:
+            tuning = tune_shift(vlm, shift, how, ("--tune-harmful", "--tune-benign"))
+            shift.tuning = replace(
+                tuning, chosen_by={**tuning.chosen_by, "harmful": tune_harmful, "benign": tune_benign}
             )
-            shift.tuning = {**tuning.as_dict(), "harmful": tune_harmful, "benign": tune_benign}
         shift.save(out)
     norms = shift.norms()
     summary = {
@@ -120,10 +133,10 @@ def calibrate_cmd(
         "layers": len(norms),
         "estimator": estimator,
         "corrupt": corrupt,
-        "position": position,
+        "read_at": read_at,
         "norm_min": min(norms.values()),
         "norm_max": max(norms.values()),
-        **({"alpha": shift.tuning["alpha"], "form": shift.tuning["form"]} if shift.tuning else {}),
+        **({"alpha": shift.tuning.alpha, "form": shift.tuning.form} if shift.tuning else {}),
     }
     typer.echo(json.dumps(summary))
 
@@ -134,9 +147,18 @@ def generate_cmd(
     image: Path | None = typer.Option(None, "--image", help="Image file (omit for a text-only prompt)."),
     shift: Path | None = typer.Option(None, "--shift", help="A shift saved by `safegap calibrate`."),
     sample_level: bool = typer.Option(False, "--sample-level", help="Sample-level CMRM (no --shift)."),
-    alpha: float = typer.Option(1.0, "--alpha"),
-    positions: str = typer.Option(
-        "last", "--positions", help="last (default, as the library), last+decode, prefill or all."
+    alpha: float | None = typer.Option(
+        None, "--alpha", help="Steering strength (default: the shift's tuned alpha, else 1.0)."
+    ),
+    policy: str | None = typer.Option(
+        None,
+        "--policy",
+        "--positions",
+        help="Steering positions: last (the default, as the library), last+decode, prefill or all "
+        "(default for --shift: the shift's tuned policy).",
+    ),
+    form: str | None = typer.Option(
+        None, "--form", help="--shift: full or increments (default: the shift's tuned form)."
     ),
     corrupt: str = typer.Option("blank", "--corrupt", help="Sample-level: blank or noise."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
@@ -153,13 +175,17 @@ def generate_cmd(
     from safegap.models.generation import generate
     from safegap.steer.intervene import resolve_policy
     from safegap.steer.sample import generate_sample_level
-    from safegap.steer.vector import ShiftVector
+    from safegap.steer.vector import FORMS, ShiftVector
 
     with user_errors():
-        finite_float(alpha, "--alpha")
+        if alpha is not None:
+            finite_float(alpha, "--alpha")
         if shift is not None and sample_level:
             raise ValueError("use either --shift or --sample-level, not both")
-        resolve_policy(positions)
+        if policy is not None:
+            resolve_policy(policy)
+        if form is not None and form not in FORMS:
+            raise ValueError(f"--form {form!r}: use {' or '.join(FORMS)}")
         if corrupt not in ("blank", "noise"):
             raise ValueError(f"--corrupt {corrupt!r}: use blank or noise")
         picture = None
@@ -174,15 +200,15 @@ def generate_cmd(
                 vlm,
                 [prompt],
                 images,
-                alpha=alpha,
+                alpha=1.0 if alpha is None else alpha,
                 corrupt=cast("CorruptionKind", corrupt),
-                positions=positions,
+                policy=policy or "last",
                 max_new_tokens=max_new_tokens,
                 system=system,
             )[0]
         elif shift is not None:
             vector = ShiftVector.load(shift, vlm=vlm)
-            with vector.apply(vlm, alpha=alpha, positions=positions):
+            with vector.apply(vlm, alpha=alpha, policy=policy, form=cast("Form | None", form)):
                 reply = generate(vlm, [prompt], images, max_new_tokens=max_new_tokens, system=system)[0]
         else:
             reply = generate(vlm, [prompt], images, max_new_tokens=max_new_tokens, system=system)[0]

@@ -74,7 +74,7 @@ def make_defense(spec: str | Spec, vlm: VLM) -> Defense:
 
 def _lazy_factory(module: str, attr: str) -> DefenseFactory:
     """A factory that imports its module on first use (wrapper defenses live in
-    :mod:`safegap.eval.wrappers`, which imports this module)."""
+    :mod:`safegap.eval.wrappers`, CMRM in :mod:`safegap.eval.cmrm`; both import this module)."""
 
     def factory(spec: Spec, vlm: VLM) -> Defense:
         return getattr(importlib.import_module(module), attr)(spec, vlm)  # type: ignore[no-any-return]
@@ -87,4 +87,5 @@ DEFENSES.setdefault("vlm_guard", _lazy_factory("safegap.eval.peers", "make_vlm_g
 DEFENSES.setdefault("refusal_direction", _lazy_factory("safegap.eval.peers", "make_refusal_direction"))
 DEFENSES.setdefault("ecso", _lazy_factory("safegap.eval.wrappers", "make_ecso"))
 
-from safegap.steer import defenses as _steer_defenses  # noqa: E402,F401  (registers cmrm, cmrm_sample)
+DEFENSES.setdefault("cmrm", _lazy_factory("safegap.eval.cmrm", "make_cmrm"))
+DEFENSES.setdefault("cmrm_sample", _lazy_factory("safegap.eval.cmrm", "make_cmrm_sample"))

@@ -47,6 +47,12 @@ class VLM:
         """Adapter inputs moved to the model's device."""
         return self.adapter.build_inputs(texts, images, system).to(self.device)
 
+    def generate(self, texts: list[str], images: ImagesArg = None, **options: Any) -> list[str]:
+        """Greedy replies (:func:`safegap.models.generation.generate`; steering hooks apply)."""
+        from safegap.models.generation import generate
+
+        return generate(self, texts, images, **options)
+
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this model for provenance (shift vectors, results)."""
         facts = self.adapter.describe()

@@ -122,9 +122,9 @@ def calibration_data(world: World, n: int = 48) -> CalibrationData:
 def _cmrm(vlm: VLM, calibration: CalibrationData) -> Defense:
     """Dataset-level CMRM as a user would run it: the shift calibrated on the calibration split
     (its requests with benign scenes, blank-image corruption), then alpha and the vector's form
-    chosen on the same split (:func:`safegap.steer.defenses.tune_cmrm`); nothing is fitted on the
+    chosen on the same split (:func:`safegap.steer.sweep.tune`); nothing is fitted on the
     evaluation prompts."""
-    from safegap.steer.defenses import tuned_cmrm_defense
+    from safegap.eval.cmrm import tuned_cmrm_defense
 
     harmful, benign = calibration.labelled()
     return tuned_cmrm_defense(vlm, harmful + benign, harmful, benign, batch_size=64)
@@ -132,7 +132,7 @@ def _cmrm(vlm: VLM, calibration: CalibrationData) -> Defense:
 
 def _cmrm_sample(vlm: VLM, calibration: CalibrationData) -> Defense:
     """Sample-level CMRM, alpha chosen on the calibration split like :func:`_cmrm`."""
-    from safegap.steer.defenses import tuned_sample_defense
+    from safegap.eval.cmrm import tuned_sample_defense
 
     harmful, benign = calibration.labelled()
     return tuned_sample_defense(vlm, harmful, benign, batch_size=64)

@@ -43,31 +43,32 @@ ESTIMATORS: tuple[str, ...] = ("mean", "pca", "pca_centered")
 
 
 # -- reading states ----------------------------------------------------------------------------
-def _position_mask(vlm: VLM, batch: dict[str, torch.Tensor], position: str) -> torch.Tensor | None:
+def _position_mask(vlm: VLM, batch: dict[str, torch.Tensor], read_at: str) -> torch.Tensor | None:
     """Bool ``(B, T)`` mask for a read position, ``None`` for ``last``."""
-    if position == "last":
+    if read_at == "last":
         return None
     valid = batch["attention_mask"].bool()
-    if position == "text":
+    if read_at == "text":
         return valid & ~vlm.adapter.image_token_mask(batch["input_ids"])
-    if position.startswith("last:"):
+    if read_at.startswith("last:"):
         try:
-            k = int(position.split(":", 1)[1])
+            k = int(read_at.split(":", 1)[1])
         except ValueError:
             k = 0
         if k < 1:
-            raise ValueError(f"position {position!r}: K in last:K must be a positive integer")
+            raise ValueError(f"read position {read_at!r}: K in last:K must be a positive integer")
         from_end = valid.flip(1).long().cumsum(1).flip(1)
         return valid & (from_end <= k)
-    raise ValueError(f"unknown read position {position!r}; use 'last', 'last:K' or 'text'")
+    raise ValueError(f"unknown read position {read_at!r}; use 'last', 'last:K' or 'text'")
 
 
-def check_position(position: str) -> str:
-    if position in ("last", "text"):
-        return position
-    if position.startswith("last:") and position[5:].isdigit() and int(position[5:]) >= 1:
-        return position
-    raise ValueError(f"unknown read position {position!r}; use 'last', 'last:K' (K >= 1) or 'text'")
+def check_read_at(read_at: str) -> str:
+    """The read position (``read_at``): where calibration reads states, not where steering acts."""
+    if read_at in ("last", "text"):
+        return read_at
+    if read_at.startswith("last:") and read_at[5:].isdigit() and int(read_at[5:]) >= 1:
+        return read_at
+    raise ValueError(f"unknown read position {read_at!r}; use 'last', 'last:K' (K >= 1) or 'text'")
 
 
 def record_states(
@@ -102,20 +103,21 @@ def read_states(
     texts: Sequence[str],
     images: Sequence[Image.Image | None] | None,
     layers: list[int],
-    position: str = "last",
+    read_at: str = "last",
     system: str | None = None,
 ) -> dict[int, torch.Tensor]:
-    """``{layer: (B, d) float64}``: decoder-layer outputs at ``position`` (mean over a token set)."""
+    """``{layer: (B, d) float64}``: decoder-layer outputs at the read position ``read_at``
+    (``last``, ``last:K`` or ``text``; a token set is averaged)."""
     has_image = images is not None and any(img is not None for img in images)
     batch = vlm.build_inputs(list(texts), list(images) if has_image and images is not None else None, system)
-    mask = _position_mask(vlm, batch, position)
+    mask = _position_mask(vlm, batch, read_at)
     if mask is None:
         return record_states(vlm, batch, layers, "last")[0]
     states, row_index = record_states(vlm, batch, layers, mask)
     assert row_index is not None
     counts = torch.bincount(row_index, minlength=len(texts)).to(torch.float64)
     if bool((counts == 0).any()):
-        raise ValueError(f"read position {position!r} selects no token in some row")
+        raise ValueError(f"read position {read_at!r} selects no token in some row")
     out = {}
     for i, flat in states.items():
         sums = torch.zeros(len(texts), flat.shape[1], dtype=torch.float64).index_add_(0, row_index, flat)
@@ -233,7 +235,7 @@ def calibrate(
     *,
     corrupt: CorruptionKind = "blank",
     estimator: Estimator = "mean",
-    position: str = "last",
+    read_at: str = "last",
     layers: Layers = "all",
     batch_size: int = 8,
     system: str | None = None,
@@ -247,13 +249,13 @@ def calibrate(
 
     ``anchors`` are ``(text, image-or-None)`` pairs (bare strings mean no image). ``progress``
     is called as ``progress(done, total)`` after each batch. ``share_prefix`` runs the corrupted
-    prompts' common head once per batch where they have one (blank images, ``position="last"``;
+    prompts' common head once per batch where they have one (blank images, ``read_at="last"``;
     :mod:`safegap.steer.prefix`); the result is the same up to float rounding.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; use {', '.join(ESTIMATORS)}")
     corruption = corruption_record(corrupt, noise_seed)
-    position = check_position(position)
+    read_at = check_read_at(read_at)
     items = validate_anchors(anchors)
     wanted = resolve_layers(layers, vlm.adapter.num_layers)
     hidden = vlm.adapter.hidden_size
@@ -269,21 +271,21 @@ def calibrate(
         originals: list[Image.Image | None] = [chunk[k][1] for k in with_original]
         n = len(chunk)
         shared = None
-        if share_prefix and position == "last" and n > 1:
+        if share_prefix and read_at == "last" and n > 1:
             shared = shared_prefix_states(vlm, texts, corrupted_imgs, wanted, system)
         if shared is not None:
             text_only = {i: v.to(torch.float64).cpu() for i, v in shared[0].items()}
             corrupted_states = {i: v.to(torch.float64).cpu() for i, v in shared[1].items()}
             original_states = (
-                read_states(vlm, [texts[k] for k in with_original], originals, wanted, position, system)
+                read_states(vlm, [texts[k] for k in with_original], originals, wanted, read_at, system)
                 if with_original
                 else {}
             )
         else:
-            text_only = read_states(vlm, texts, None, wanted, position, system)
+            text_only = read_states(vlm, texts, None, wanted, read_at, system)
             image_texts = texts + [texts[k] for k in with_original]
             image_rows: list[Image.Image | None] = [*corrupted_imgs, *originals]
-            image_states = read_states(vlm, image_texts, image_rows, wanted, position, system)
+            image_states = read_states(vlm, image_texts, image_rows, wanted, read_at, system)
             corrupted_states = {i: v[:n] for i, v in image_states.items()}
             original_states = {i: v[n:] for i, v in image_states.items()}
         acc.add({i: text_only[i] - corrupted_states[i] for i in wanted})
@@ -307,7 +309,7 @@ def calibrate(
         anchors_size=count,
         anchors_source=source,
         corruption=corruption,
-        position=position,
+        read_at=read_at,
         estimator=estimator,
         safegap_version=safegap.__version__,
     )
@@ -335,7 +337,7 @@ def calibrate_direction(
     positive: Sequence[Anchor] | Sequence[str],
     negative: Sequence[Anchor] | Sequence[str],
     *,
-    position: str = "last",
+    read_at: str = "last",
     layers: Layers = "all",
     batch_size: int = 8,
     system: str | None = None,
@@ -347,7 +349,7 @@ def calibrate_direction(
     (harm) direction used by the ``project`` and ``gated`` operators; ``reference`` is the benign
     centre the ``gated`` operator measures from.
     """
-    position = check_position(position)
+    read_at = check_read_at(read_at)
     wanted = resolve_layers(layers, vlm.adapter.num_layers)
     hidden = vlm.adapter.hidden_size
     means = []
@@ -355,7 +357,7 @@ def calibrate_direction(
         acc = DiffAccumulator(wanted, hidden)
         for chunk in _batches(group, batch_size):
             images = [img for _, img in chunk]
-            acc.add(read_states(vlm, [t for t, _ in chunk], images, wanted, position, system))
+            acc.add(read_states(vlm, [t for t, _ in chunk], images, wanted, read_at, system))
         means.append({i: acc.mean(i) for i in wanted})
     pos_hash, n_pos = anchors_hash(validate_anchors(positive))
     neg_hash, n_neg = anchors_hash(validate_anchors(negative))
@@ -364,7 +366,7 @@ def calibrate_direction(
         anchors_hash=f"{pos_hash[:32]}{neg_hash[:32]}",
         anchors_size=n_pos + n_neg,
         anchors_source=source,
-        position=position,
+        read_at=read_at,
         safegap_version=safegap.__version__,
     )
     direction = ShiftVector(
@@ -414,19 +416,20 @@ def gap_closure(
     """How far ``shift`` moves corrupted states toward text-only ones on (held-out) ``anchors``."""
     shift.check_fits(vlm)
     kind = corrupt or shift.provenance.corruption.get("kind", "blank")
-    position = shift.provenance.position or "last"
+    read_at = shift.provenance.read_at or "last"
     wanted = shift.layers
     items = validate_anchors(anchors)
     sums = {"before": [0.0] * len(wanted), "after": [0.0] * len(wanted), "propagated": [0.0] * len(wanted)}
     for chunk in _batches(items, batch_size):
         texts = [t for t, _ in chunk]
         imgs: list[Image.Image | None] = [corrupted_image(kind, img, t, noise_seed) for t, img in chunk]
-        t_states = read_states(vlm, texts, None, wanted, position, system)
-        c_states = read_states(vlm, texts, imgs, wanted, position, system)
+        t_states = read_states(vlm, texts, None, wanted, read_at, system)
+        c_states = read_states(vlm, texts, imgs, wanted, read_at, system)
         p_states = None
         if propagated:
-            with shift.apply(vlm, alpha=alpha, positions="last" if position == "last" else "prefill"):
-                p_states = read_states(vlm, texts, imgs, wanted, position, system)
+            policy = "last" if read_at == "last" else "prefill"
+            with shift.apply(vlm, alpha=alpha, policy=policy, form="full", layers="all"):
+                p_states = read_states(vlm, texts, imgs, wanted, read_at, system)
         for k, i in enumerate(wanted):
             v = shift.vectors[i].to(torch.float64).cpu()
             sums["before"][k] += float((c_states[i] - t_states[i]).norm(dim=1).sum())

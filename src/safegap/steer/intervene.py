@@ -8,7 +8,9 @@ remembered rows. Forward hooks on the decoder layers then do one fused ``h + w *
 layer, with ``delta`` precomputed in the model's dtype on the layer's device, so a decode step
 costs one small kernel per layer, no host synchronisation and no host-to-device copies.
 
-Position policies (``positions=``), all restricted to image-carrying rows (``rows="image"``):
+Position policies (``policy=``: the *steering* positions, as opposed to calibration's read
+position ``read_at`` and the token ``positions`` that :func:`safegap.probe.record` records), all
+restricted to image-carrying rows (``rows="image"``):
 
 ========================  =============================================  ======================
 policy                    prefill                                        generated tokens
@@ -25,13 +27,15 @@ token is decoded; later tokens see the correction through that position's cached
 Adding the same prompt-position vector to every generated token as well (``"last+decode"``) pushes
 every step toward the same next token: on the model organism it turned sample-level CMRM's replies
 into ``"I I I I ..."`` and made dataset-level CMRM collapse at alpha >= 0.5 (see ``docs/cmrm.md``).
+
+There is one way to attach a shift: :meth:`safegap.steer.ShiftVector.apply`, which calls
+:func:`attach` and returns a :class:`SteeringHandle` (a context manager; ``remove()`` detaches).
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,13 +71,26 @@ POSITION_POLICIES: dict[str, _Policy] = {
     "prefill": _Policy("all", False),
     "all": _Policy("all", True),
 }
-DEFAULT_POSITIONS: PositionPolicy = "last"
+DEFAULT_POLICY: PositionPolicy = "last"
 
 
-def resolve_policy(positions: str) -> _Policy:
-    if positions not in POSITION_POLICIES:
-        raise ValueError(f"unknown positions policy {positions!r}; known: {', '.join(POSITION_POLICIES)}")
-    return POSITION_POLICIES[positions]
+def resolve_policy(policy: str) -> _Policy:
+    if policy not in POSITION_POLICIES:
+        raise ValueError(f"unknown steering policy {policy!r}; known: {', '.join(POSITION_POLICIES)}")
+    return POSITION_POLICIES[policy]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """How a steered hidden state changes: the operator (:mod:`safegap.steer.operators`; default
+    CMRM's ``h + alpha * v``) and what it needs: a safety ``direction`` (``project``, ``gated``),
+    the benign ``reference`` and the gate's ``clamp`` (``gated``). Directions are a ShiftVector
+    (per layer) or one tensor for every layer."""
+
+    operator: str | Operator = "add"
+    direction: ShiftVector | torch.Tensor | None = None
+    reference: ShiftVector | torch.Tensor | None = None
+    clamp: tuple[float, float] = (0.0, 1.0)
 
 
 def cache_length(cache: Any) -> int:
@@ -135,21 +152,20 @@ class SteeringHandle:
         vlm: VLM,
         vectors: Mapping[int, torch.Tensor | None],
         alpha: float = 1.0,
-        positions: str = DEFAULT_POSITIONS,
-        operator: str | Operator = "add",
-        direction: ShiftVector | torch.Tensor | None = None,
-        reference: ShiftVector | torch.Tensor | None = None,
+        policy: str = DEFAULT_POLICY,
+        edit: Edit | None = None,
         rows: RowPolicy = "image",
-        clamp: tuple[float, float] = (0.0, 1.0),
         cache: dict[tuple[Any, ...], Any] | None = None,
     ) -> None:
         if rows not in ("image", "all"):
             raise ValueError(f"rows must be 'image' or 'all', got {rows!r}")
+        edit = edit or Edit()
+        direction, reference, clamp = edit.direction, edit.reference, edit.clamp
         self.vlm = vlm
         self.alpha = float(alpha)
-        self.positions = positions
-        self.policy = resolve_policy(positions)
-        self.operator = resolve_operator(operator)
+        self.policy_name = policy
+        self.policy = resolve_policy(policy)
+        self.operator = resolve_operator(edit.operator)
         self.constant = self.operator in HIDDEN_INDEPENDENT
         self.rows_policy = rows
         self.layers = sorted(vectors)
@@ -334,32 +350,52 @@ class SteeringHandle:
         self.remove()
 
 
-def patch(
-    vlm: VLM,
+def as_vlm(model: VLM | Any) -> VLM:
+    """``model`` itself when it is safegap's :class:`~safegap.models.VLM`, else a VLM around a bare
+    Hugging Face model of a supported family (built once per model). Its processor is read from
+    the checkpoint the model was loaded from: steering needs the image-token ids."""
+    from safegap.models.loading import VLM, adapter_class
+
+    if isinstance(model, VLM):
+        return model
+    config = getattr(model, "config", None)
+    if not isinstance(model, torch.nn.Module) or config is None:
+        raise TypeError(f"apply() takes a safegap VLM or a Hugging Face model, got {type(model).__name__}")
+    found = _WRAPPED.get(model)
+    if found is not None:
+        return found
+    cls = adapter_class(config.model_type)
+    name = str(getattr(config, "_name_or_path", "") or "")
+    try:
+        processor, tokenizer = cls.load_processor(name, False, None)
+    except Exception as exc:  # no checkpoint to read the tokenizer from
+        raise ValueError(
+            f"cannot read the processor of the bare model {type(model).__name__} ({name or 'no path'}): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; load it with safegap.load"
+        ) from None
+    adapter = cls(model, processor, tokenizer)  # type: ignore[arg-type]
+    vlm = VLM(model=model, processor=processor, tokenizer=tokenizer, adapter=adapter, name_or_path=name)
+    _WRAPPED[model] = vlm
+    return vlm
+
+
+_WRAPPED: weakref.WeakKeyDictionary[torch.nn.Module, VLM] = weakref.WeakKeyDictionary()
+
+
+def attach(
+    model: VLM | Any,
     shift: ShiftVector,
+    *,
     alpha: float = 1.0,
     layers: Layers = "all",
-    positions: str = DEFAULT_POSITIONS,
-    operator: str | Operator = "add",
-    direction: ShiftVector | torch.Tensor | None = None,
-    reference: ShiftVector | torch.Tensor | None = None,
+    policy: str = DEFAULT_POLICY,
+    edit: Edit | None = None,
     rows: RowPolicy = "image",
-    clamp: tuple[float, float] = (0.0, 1.0),
+    cache: dict[tuple[Any, ...], Any] | None = None,
 ) -> SteeringHandle:
-    """Attach ``shift`` to ``vlm`` and return the handle (``handle.remove()`` to detach)."""
+    """The engine behind :meth:`ShiftVector.apply` (which resolves the shift's tuning first)."""
+    vlm = as_vlm(model)
     shift.check_fits(vlm)
     chosen = resolve_within(layers, shift.layers, vlm.adapter.num_layers)
     vectors = {i: shift.vectors[i] for i in chosen}
-    return SteeringHandle(
-        vlm, vectors, alpha, positions, operator, direction, reference, rows, clamp, cache=shift.prepared
-    )
-
-
-@contextmanager
-def steering(vlm: VLM, shift: ShiftVector, alpha: float = 1.0, **kwargs: Any) -> Iterator[SteeringHandle]:
-    """Context-manager form of :func:`patch`; hooks are removed even if the body raises."""
-    handle = patch(vlm, shift, alpha, **kwargs)
-    try:
-        yield handle
-    finally:
-        handle.remove()
+    return SteeringHandle(vlm, vectors, alpha, policy, edit, rows, cache=cache)

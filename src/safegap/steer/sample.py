@@ -36,10 +36,8 @@ from safegap.models.loading import VLM
 from safegap.specs import Layers, resolve_layers
 from safegap.steer.anchors import CorruptionKind, corrupted_image
 from safegap.steer.calibrate import record_states
-from safegap.steer.intervene import DEFAULT_POSITIONS, SteeringHandle, resolve_policy
-from safegap.steer.operators import Operator
+from safegap.steer.intervene import DEFAULT_POLICY, Edit, SteeringHandle, resolve_policy
 from safegap.steer.prefix import shared_prefix_states
-from safegap.steer.vector import ShiftVector
 
 
 @torch.inference_mode()
@@ -88,11 +86,8 @@ class FusedSampleSteering(SteeringHandle):
         n_original: int,
         image_rows: list[int],
         alpha: float,
-        positions: str,
-        operator: str | Operator,
-        direction: ShiftVector | torch.Tensor | None,
-        reference: ShiftVector | torch.Tensor | None,
-        clamp: tuple[float, float],
+        policy: str,
+        edit: Edit | None,
         text_states: dict[int, torch.Tensor] | None = None,
     ) -> None:
         self.n_original = n_original
@@ -103,9 +98,7 @@ class FusedSampleSteering(SteeringHandle):
         first_corrupt = n_original + (0 if text_states is not None else n_img)
         self._text_rows = torch.arange(n_original, n_original + n_img, device=vlm.device)
         self._corrupt_rows = torch.arange(first_corrupt, first_corrupt + n_img, device=vlm.device)
-        super().__init__(
-            vlm, dict.fromkeys(layers), alpha, positions, operator, direction, reference, "image", clamp
-        )
+        super().__init__(vlm, dict.fromkeys(layers), alpha, policy, edit, "image")
 
     def _start_prefill(
         self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, embeds: torch.Tensor | None
@@ -242,12 +235,9 @@ def sample_level_ids(
     *,
     alpha: float = 1.0,
     corrupt: CorruptionKind = "blank",
-    positions: str = DEFAULT_POSITIONS,
+    policy: str = DEFAULT_POLICY,
     layers: Layers = "all",
-    operator: str | Operator = "add",
-    direction: ShiftVector | torch.Tensor | None = None,
-    reference: ShiftVector | torch.Tensor | None = None,
-    clamp: tuple[float, float] = (0.0, 1.0),
+    edit: Edit | None = None,
     max_new_tokens: int = 32,
     min_new_tokens: int = 0,
     system: str | None = None,
@@ -261,7 +251,7 @@ def sample_level_ids(
     ``benchmarks/bench_cmrm.py``). ``min_new_tokens`` forces a fixed length (for timing). If
     ``shifts_out`` is a dict it receives the per-row shifts ``{layer: (B, d)}`` that were applied.
     """
-    resolve_policy(positions)
+    resolve_policy(policy)
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; use {', '.join(LAYOUTS)}")
     rows = per_row_images(images, len(texts))
@@ -295,7 +285,7 @@ def sample_level_ids(
         inputs = vlm.build_inputs(list(texts), rows if has_any else None, system)
         if shifts_out is not None:
             shifts_out.update(shifts)
-        handle = SteeringHandle(vlm, shifts, alpha, positions, operator, direction, reference, "image", clamp)
+        handle = SteeringHandle(vlm, shifts, alpha, policy, edit, "image")
         try:
             out = vlm.model.generate(
                 **inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, **gen
@@ -318,9 +308,7 @@ def sample_level_ids(
         all_images = [*rows, *([None] * len(image_rows)), *corrupted]
     inputs = vlm.build_inputs(all_texts, all_images, system)
     prompt_len = inputs["input_ids"].shape[1]
-    fused_handle = FusedSampleSteering(
-        vlm, wanted, n, image_rows, alpha, positions, operator, direction, reference, clamp, text_states
-    )
+    fused_handle = FusedSampleSteering(vlm, wanted, n, image_rows, alpha, policy, edit, text_states)
     try:
         first = vlm.model.generate(
             **inputs,

@@ -3,8 +3,9 @@ items cut into batches (no model needed; see :mod:`safegap.eval.runner` for the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ from safegap.data.benchmarks import (
     DataContext,
     Sample,
     limit_samples,
-    load_benchmark,
     resolve_benign_images,
     resolve_data_dir,
 )
 from safegap.errors import finite_float, redact
+from safegap.eval import objects as given
+from safegap.eval.objects import split_objects
 from safegap.eval.run_guard import LONG_PROMPT_POLICIES
 from safegap.eval.wrappers import check_defense_names, defense_files
 from safegap.judge.base import JUDGES
@@ -52,7 +54,10 @@ def canonical_model(model: str) -> str:
 
 @dataclass
 class EvalConfig:
-    """Everything ``safegap eval`` takes; :meth:`identity` is what a resumed run must repeat."""
+    """Everything ``safegap eval`` takes; :meth:`identity` is what a resumed run must repeat.
+
+    ``benchmarks``, ``defenses`` and ``judges`` take spec strings or objects (named by their
+    ``id``; kept in ``objects``, :mod:`safegap.eval.objects`)."""
 
     model: str
     benchmarks: list[str]
@@ -83,13 +88,18 @@ class EvalConfig:
     #: Score each reply's perplexity under the model's own LM, text-only (one forward pass more
     #: per batch); summary.json's ``fluency`` then has ``perplexity`` per cell.
     perplexity: bool = False
+    objects: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.benchmarks = split_objects("benchmark", self.benchmarks, self.objects)
+        self.defenses = split_objects("defense", self.defenses, self.objects)
+        self.judges = split_objects("judge", self.judges, self.objects)
 
     def identity(self) -> dict[str, Any]:
         """The defining arguments (a local model as its absolute path), plus the content hash of
         every file a defense spec names (``defense_files``: a shift recalibrated under the same
         path is a different run)."""
-        data = asdict(self)
-        out = {k: data[k] for k in IDENTITY_FIELDS}
+        out = {k: copy.deepcopy(getattr(self, k)) for k in IDENTITY_FIELDS}
         out["model"] = canonical_model(self.model)
         out["judges"] = [redact(spec) for spec in self.judges]  # never write a URL's credentials
         files = {spec: found for spec in self.defenses if (found := defense_files(spec))}
@@ -248,12 +258,12 @@ def prepare(config: EvalConfig, built: Sequence[str] = ()) -> tuple[list[Benchma
     if not config.benchmarks:
         raise ValueError("no benchmark given (--bench)")
     for spec in config.defenses:
-        if spec not in built:
+        if spec not in built and spec not in config.objects:
             check_defense_names(spec)
-    _check_judge_names(config.judges)
+    _check_judge_names([spec for spec in config.judges if spec not in config.objects])
     if len(set(config.defenses)) != len(config.defenses):
         raise ValueError(f"a defense is listed twice: {', '.join(config.defenses)}")
-    benchmarks = [load_benchmark(spec, context) for spec in config.benchmarks]
+    benchmarks = [given.benchmark(spec, context, config.objects) for spec in config.benchmarks]
     if len({b.id for b in benchmarks}) != len(benchmarks):
         raise ValueError(f"a benchmark is listed twice: {', '.join(config.benchmarks)}")
     plan = make_plan(

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from safegap.data.benchmarks import BenchmarkError, ImageLoadError, Request
 from safegap.data.benchmarks.base import stable_seed
+from safegap.eval import objects as given
 from safegap.eval.defenses import Defense
 from safegap.eval.distributed import ProcessGroup
 from safegap.eval.fluency import generation_nll
@@ -32,8 +33,8 @@ from safegap.eval.records import Record, RecordWriter
 from safegap.eval.run_guard import fit_prompt, prompt_limit
 from safegap.eval.runner.plan import Batch, EvalConfig, Plan, WorkItem
 from safegap.eval.runner.save import RunDir
-from safegap.eval.wrappers import build_defense, configure_generation, defense_details
-from safegap.judge.base import Judge, JudgeInput, judge_safely, make_judge
+from safegap.eval.wrappers import configure_generation, defense_details
+from safegap.judge.base import Judge, JudgeInput, judge_safely
 from safegap.models.preprocess import map_in_threads
 
 
@@ -88,12 +89,14 @@ class Harness:
                 self.config.model, dtype=self.config.dtype, device=device, layers_path=self.config.layers_path
             )
         self.vlm = vlm
-        self.judges = [make_judge(spec) for spec in self.config.judges]
+        self.judges = [given.judge(spec, self.config.objects) for spec in self.config.judges]
         ids = [j.id for j in self.judges]
         if len(set(ids)) != len(ids):
             raise ValueError(f"the same judge is listed twice: {', '.join(ids)}")
         for spec in self.config.defenses:
-            defense = built[spec] if built and spec in built else build_defense(spec, vlm)
+            defense = (
+                built[spec] if built and spec in built else given.defense(spec, vlm, self.config.objects)
+            )
             configure_generation(defense, self.config.batch_size, self.config.generation_kwargs())
             self.defenses[spec] = defense
 
