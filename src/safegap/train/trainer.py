@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from safegap.files import write_text_atomic
 from safegap.train import checkpoint as ckpt
 from safegap.train.data import AUX_KEYS, IGNORE_INDEX, ConversationEncoder, Example, read_conversations
 from safegap.train.distributed import global_sum, global_sum_detached
@@ -279,9 +280,7 @@ class _Metrics:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -552,9 +551,7 @@ class Trainer:
             unwrapped = unwrapped.merge_and_unload()
         unwrapped.save_pretrained(self.out, state_dict=state_dict)
         _save_processor(vlm.processor, vlm.tokenizer, self.out)
-        tmp = self.out / "safegap_train.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-        os.replace(tmp, self.out / "safegap_train.json")
+        write_text_atomic(self.out / "safegap_train.json", json.dumps(summary, indent=1, default=str))
 
 
 class _Loop:
