@@ -41,7 +41,7 @@ WORDS = TEXT.split()
 def build_model(root: Path) -> Path:
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from safegap.models.tiny import LLAVA_TEMPLATE, build_tiny
+    from safegap.testing import LLAVA_TEMPLATE, build_tiny
 
     tiny = build_tiny("llava", root / "tiny")
     config = LlavaConfig.from_pretrained(tiny)

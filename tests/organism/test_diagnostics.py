@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from safegap.cli.main import app
 from safegap.gap.data import resolve_data
 from safegap.models import VLM, load_vlm
-from safegap.models.tiny import build_tiny
 from safegap.organism.diagnostics import (
     GAP_CONDITIONS,
     condition_records,
@@ -26,6 +25,7 @@ from safegap.organism.diagnostics import (
     seed_interval,
     stage_checkpoint,
 )
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 runner = CliRunner()
