@@ -22,9 +22,9 @@ from safegap.organism.diagnostics import (
     filler_records,
     measure_checkpoint,
     parse_source_arg,
-    seed_interval,
     stage_checkpoint,
 )
+from safegap.organism.diagnostics_aggregate import seed_interval
 from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
