@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from safegap.data.benchmarks import load_benchmark
-from safegap.eval.defenses import DEFENSES, DefenseSpec
+from safegap.eval.defenses import DEFENSES
 from safegap.eval.metrics import summarize
 from safegap.eval.records import RunDirError, read_records
 from safegap.eval.runner import EvalConfig, SampleError, make_plan, run_eval
 from safegap.models import VLM
+from safegap.specs import Spec
 
 from .conftest import SHARED
 
@@ -428,5 +429,9 @@ def test_judge_plugins_and_agreement(
 def test_spec_option_validation(tiny_llava: VLM) -> None:
     from safegap.eval.wrappers import make_ecso
 
+    with pytest.raises(
+        ValueError, match="defense ecso: unknown option 'alpha'; valid: caption_tokens, check_tokens"
+    ):
+        make_ecso(Spec("ecso", None, {"alpha": "1"}), tiny_llava)
     with pytest.raises(ValueError, match="ecso takes only"):
-        make_ecso(DefenseSpec("ecso", None, {"alpha": "1"}), tiny_llava)
+        make_ecso(Spec("ecso", "x"), tiny_llava)

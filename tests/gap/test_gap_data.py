@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from safegap.data.images import blank_image
-from safegap.gap.data import GapRecord, load_record_file, register_data_source, resolve_data
+from safegap.gap.data import DATA_SOURCES, GapRecord, load_record_file, register_data_source, resolve_data
 
 
 def test_jsonl_with_relative_images(tmp_path: Path) -> None:
@@ -63,9 +63,12 @@ def test_registered_source_gets_its_argument() -> None:
     assert [r.prompt for r in records] == ["p-seed3", "q"]
 
 
-def test_module_with_gap_records_is_a_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = types.ModuleType("safegap.fakeworld")
+def test_declared_source_is_imported_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("fakeworld_plugin")
     module.gap_records = lambda arg: [{"prompt": "from module", "image": blank_image((4, 4)), "caption": arg}]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "safegap.fakeworld", module)
+    monkeypatch.setitem(sys.modules, "fakeworld_plugin", module)
+    monkeypatch.setattr(DATA_SOURCES, "_declared", lambda: {"fakeworld": "fakeworld_plugin:gap_records"})
+    assert "fakeworld" in DATA_SOURCES and "fakeworld" not in DATA_SOURCES.loaded()
     records = resolve_data("fakeworld:a caption")
     assert records[0].caption == "a caption" and records[0].load_image() is not None
+    del DATA_SOURCES["fakeworld"]

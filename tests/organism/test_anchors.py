@@ -41,14 +41,16 @@ def test_calibration_split_as_anchors() -> None:
 
 
 def test_options_and_errors() -> None:
-    assert parse_anchor_arg("calibration") == ("calibration", 0, 48)
-    assert parse_anchor_arg("calibration,world_seed=2,n=5") == ("calibration", 2, 5)
+    assert parse_anchor_arg("calibration") == ("calibration", 0, 48, "all")
+    assert parse_anchor_arg("calibration,world_seed=2,n=5,kind=benign") == ("calibration", 2, 5, "benign")
     assert len(load_anchors("organism:calibration,n=3")) == 6
     other_world = load_anchors("organism:calibration,world_seed=1,n=3")
     assert [t for t, _ in other_world] != [t for t, _ in load_anchors("organism:calibration,n=3")]
     with pytest.raises(ValueError, match="split 'eval' is not allowed"):
         load_anchors("organism:eval")
-    with pytest.raises(ValueError, match="unknown option 'size=3'"):
+    with pytest.raises(
+        ValueError, match="organism anchors: unknown option 'size'; valid: kind, n, world_seed"
+    ):
         load_anchors("organism:calibration,size=3")
     with pytest.raises(ValueError, match="n='x' is not an integer"):
         load_anchors("organism:calibration,n=x")

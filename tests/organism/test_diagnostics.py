@@ -52,7 +52,7 @@ def test_source_arg_parsing_and_errors() -> None:
     assert parse_source_arg("world_seed=2, n=3") == ("eval", 2, 3)
     for bad, message in [
         ("test", "unknown split 'test'"),
-        ("eval,k=1", "unknown option 'k=1'"),
+        ("eval,k=1", "organism data: unknown option 'k'; valid: n, world_seed"),
         ("eval,n=x", "n='x' is not an integer"),
         ("eval,n=0", "n must be at least 1"),
     ]:

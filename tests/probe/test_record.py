@@ -13,7 +13,7 @@ from PIL import Image
 from safegap.data.images import noise_image
 from safegap.models import VLM
 from safegap.models.hooks import add_layer_hooks
-from safegap.probe import last_token_index, position_mask, record, resolve_layers
+from safegap.probe import last_token_index, position_mask, record
 from safegap.testing import FAMILIES as TINY_FAMILIES
 
 FAMILIES = sorted(TINY_FAMILIES)
@@ -142,18 +142,6 @@ def test_bad_position_mask_is_rejected_before_any_hook(vlm: VLM, batch: Any) -> 
 
 
 # -- helpers (no model) ---------------------------------------------------------------------------
-def test_resolve_layers() -> None:
-    assert resolve_layers("all", 4) == [0, 1, 2, 3]
-    assert resolve_layers(-1, 4) == [3]
-    assert resolve_layers([2, 0, -4], 4) == [0, 2]
-    with pytest.raises(ValueError, match="out of range"):
-        resolve_layers(4, 4)
-    with pytest.raises(ValueError, match="no layers"):
-        resolve_layers([], 4)
-    with pytest.raises(ValueError, match="'all'"):
-        resolve_layers("first", 4)  # type: ignore[arg-type]
-
-
 def test_last_token_index_for_left_and_right_padding() -> None:
     left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])

@@ -16,7 +16,6 @@ from safegap.steer.defenses import (
     CMRMDefense,
     cmrm_from_anchors,
     cmrm_sample_defense,
-    parse_layers,
     tune_cmrm,
 )
 from safegap.steer.sweep import SweepPoint, select_alpha
@@ -64,11 +63,12 @@ def test_cmrm_sample_defense_from_a_spec(llava: VLM) -> None:
     ("spec", "message"),
     [
         ("cmrm", "give the shift file"),
-        ("cmrm:{f},beta=1", "unknown option\\(s\\) beta"),
+        ("cmrm:{f},beta=1", "defense cmrm: unknown option 'beta'; valid: alpha, form, layers, positions"),
         ("cmrm:{f},alpha=x", "alpha='x' is not a number"),
         ("cmrm:{f},positions=middle", "unknown positions policy 'middle'"),
         ("cmrm:{f},form=half", "form='half'"),
-        ("cmrm:{f},layers=3-1", "layers='3-1'"),
+        ("cmrm:{f},layers=2-1", "layers='2-1': layer range 2-1 runs backwards"),
+        ("cmrm:{f},layers=99", "layer 99 is out of range; the model has"),
         ("cmrm:missing.safetensors", "not found"),
         ("cmrm_sample:x.safetensors", "takes only options"),
         ("cmrm_sample:corrupt=gray", "corrupt='gray'"),
@@ -77,12 +77,6 @@ def test_cmrm_sample_defense_from_a_spec(llava: VLM) -> None:
 def test_bad_specs_fail_with_one_line(llava: VLM, shift_file: Path, spec: str, message: str) -> None:
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         make_defense(spec.format(f=shift_file), llava)
-
-
-def test_parse_layers() -> None:
-    assert parse_layers("all") == "all"
-    assert parse_layers("-1") == -1
-    assert parse_layers("2-4") == [2, 3, 4]
 
 
 def test_organism_factories(llava: VLM) -> None:

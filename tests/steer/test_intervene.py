@@ -11,8 +11,9 @@ from safegap.data.images import noise_image
 from safegap.models import VLM
 from safegap.models.generation import generate, generate_ids
 from safegap.probe import record
+from safegap.specs import resolve_within
 from safegap.steer import ShiftVector, calibrate
-from safegap.steer.intervene import POSITION_POLICIES, resolve_steer_layers
+from safegap.steer.intervene import POSITION_POLICIES
 
 from .conftest import FAMILIES, image_anchors, no_hooks_left
 
@@ -176,9 +177,13 @@ def test_layer_subset_hooks_only_those_layers(llava: VLM) -> None:
     with shift.apply(llava, layers=[0, -1]):
         hooked = [i for i, layer in enumerate(llava.adapter.decoder_layers) if layer._forward_hooks]
     assert hooked == [0, llava.adapter.num_layers - 1]
-    assert resolve_steer_layers("all", [3, 5]) == [3, 5]
+    assert resolve_within("all", [3, 5], 8) == [3, 5]
     with pytest.raises(ValueError, match="layer 4 is not in the shift vector"):
-        resolve_steer_layers([4], [3, 5])
+        resolve_within([4], [3, 5], 8)
+    # -1 is the model's last layer (7), not the vector's last (5)
+    assert resolve_within(-1, [3, 7], 8) == [7]
+    with pytest.raises(ValueError, match="layer 7 is not in the shift vector"):
+        resolve_within(-1, [3, 5], 8)
 
 
 def test_rows_all_steers_text_only_rows(llava: VLM) -> None:

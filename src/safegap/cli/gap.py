@@ -4,29 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import typer
 
 from safegap.cli.common import console, fail, user_errors
-
-
-def _layers(spec: str) -> Literal["all"] | list[int]:
-    if spec.strip() == "all":
-        return "all"
-    try:
-        return [int(part) for part in spec.split(",") if part.strip()]
-    except ValueError as exc:
-        raise ValueError(f"--layers must be 'all' or comma-separated integers, got {spec!r}") from exc
-
-
-def _ints(spec: str | None, option: str) -> list[int] | None:
-    if spec is None:
-        return None
-    try:
-        return [int(part) for part in spec.split(",") if part.strip()]
-    except ValueError as exc:
-        raise ValueError(f"{option} must be comma-separated integers, got {spec!r}") from exc
+from safegap.specs import check_layers, resolve_layers
 
 
 def _load(model: str, dtype: str | None, device: str | None, layers_path: str | None):  # type: ignore[no-untyped-def]
@@ -41,7 +23,9 @@ def gap(
         ..., "--data", help="JSONL/JSON/CSV of prompt,image[,caption] or a data source (e.g. organism)."
     ),
     out: Path = typer.Option(..., "--out", help="Output directory for gap.json and figures."),
-    layers: str = typer.Option("all", help="'all' or comma-separated decoder layer indices."),
+    layers: str = typer.Option(
+        "all", help="Layers: all, N, A-B or a comma list (negatives from the last layer)."
+    ),
     batch_size: int = typer.Option(8, min=1),
     max_samples: int | None = typer.Option(None, min=1, help="Use only the first N records."),
     probe_layer: int | None = typer.Option(
@@ -52,7 +36,9 @@ def gap(
         False, "--no-outliers", help="Skip MIR's 3-sigma outlier step (one pass)."
     ),
     text_span: str = typer.Option("after_image", help="Text tokens: 'after_image' (MIR) or 'all'."),
-    pca_layers: str | None = typer.Option(None, help="Comma-separated layers for the five-condition PCA."),
+    pca_layers: str | None = typer.Option(
+        None, help="Layers for the five-condition PCA (same grammar as --layers)."
+    ),
     skip_shift: bool = typer.Option(False, help="Skip the semantic shift (needs captions)."),
     skip_conditions: bool = typer.Option(False, help="Skip CMRM's five conditions."),
     system: str | None = typer.Option(None, help="System prompt."),
@@ -79,6 +65,9 @@ def gap(
     from safegap.gap.report import run_gap
 
     with user_errors():
+        check_layers(layers, "--layers")
+        if pca_layers is not None:
+            check_layers(pca_layers, "--pca-layers")
         records = resolve_data(data)
         if max_samples is not None:
             records = records[:max_samples]
@@ -88,12 +77,14 @@ def gap(
             vlm,
             records,
             out,
-            _layers(layers),
+            layers,
             batch_size,
             not no_outliers,
             probe,
             text_span,
-            _ints(pca_layers, "--pca-layers"),
+            None
+            if pca_layers is None
+            else resolve_layers(pca_layers, vlm.adapter.num_layers, "--pca-layers"),
             not skip_shift,
             not skip_conditions,
             system,

@@ -29,7 +29,9 @@ def calibrate_cmd(
     corrupt: str = typer.Option("blank", "--corrupt", help="Meaningless image: blank (white) or noise."),
     estimator: str = typer.Option("mean", "--estimator", help="mean, pca or pca_centered."),
     position: str = typer.Option("last", "--position", help="Where states are read: last, last:K or text."),
-    layers: str = typer.Option("all", "--layers", help="all, N or A-B."),
+    layers: str = typer.Option(
+        "all", "--layers", help="Layers: all, N, A-B or a comma list (negatives from the last layer)."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N anchors."),
     text_column: str | None = typer.Option(None, "--text-column", help="CSV/JSONL text field."),
@@ -65,9 +67,10 @@ def calibrate_cmd(
     and stored in the file, so `--defense cmrm:FILE` applies the vector as tuned."""
     from safegap.eval.records import check_writable
     from safegap.models import load_vlm
+    from safegap.specs import check_layers
     from safegap.steer.anchors import load_anchors
     from safegap.steer.calibrate import ESTIMATORS, calibrate, check_position
-    from safegap.steer.defenses import parse_layers, tune_cmrm
+    from safegap.steer.defenses import tune_cmrm
 
     with user_errors():
         if corrupt not in ("blank", "noise"):
@@ -75,7 +78,7 @@ def calibrate_cmd(
         if estimator not in ESTIMATORS:
             raise ValueError(f"--estimator {estimator!r}: use {', '.join(ESTIMATORS)}")
         check_position(position)
-        layer_spec = parse_layers(layers)
+        layer_spec = check_layers(layers, "--layers")
         if out.suffix != ".safetensors":
             raise ValueError(f"--out {out}: the file name must end in .safetensors")
         check_writable(out)

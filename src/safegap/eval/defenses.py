@@ -2,7 +2,7 @@
 
 A defense spec on the command line is ``NAME`` or ``NAME:ARG[,key=value...]``, for example
 ``none``, ``cmrm:shift.safetensors,alpha=1.0``. Modules register factories in ``DEFENSES``;
-``parse_defense_spec`` splits a spec and ``make_defense`` builds one.
+``safegap.specs.parse_spec`` splits a spec and ``make_defense`` builds one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from safegap.models.adapter import ImagesArg
 from safegap.models.generation import generate
 from safegap.models.loading import VLM
+from safegap.specs import Spec, parse_spec
 
 
 class Defense(Protocol):
@@ -30,18 +31,6 @@ class Defense(Protocol):
         max_new_tokens: int,
         system: str | None = None,
     ) -> list[str]: ...
-
-
-@dataclass(frozen=True)
-class DefenseSpec:
-    name: str
-    arg: str | None = None
-    options: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        parts = [self.arg] if self.arg else []
-        parts += [f"{k}={v}" for k, v in self.options.items()]
-        return self.name + (":" + ",".join(parts) if parts else "")
 
 
 @dataclass
@@ -72,33 +61,12 @@ class NoDefense:
         )
 
 
-DefenseFactory = Callable[[DefenseSpec, VLM], Defense]
+DefenseFactory = Callable[[Spec, VLM], Defense]
 DEFENSES: dict[str, DefenseFactory] = {"none": lambda spec, vlm: NoDefense()}
 
 
-def parse_defense_spec(spec: str) -> DefenseSpec:
-    """``"cmrm:path,alpha=1.0"`` -> ``DefenseSpec("cmrm", "path", {"alpha": "1.0"})``."""
-    spec = spec.strip()
-    if not spec:
-        raise ValueError("empty defense spec")
-    name, _, rest = spec.partition(":")
-    arg: str | None = None
-    options: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        if "=" in part:
-            key, _, value = part.partition("=")
-            if key.strip() in options:
-                raise ValueError(f"defense spec {spec!r}: option {key.strip()!r} given twice")
-            options[key.strip()] = value.strip()
-        elif arg is None:
-            arg = part
-        else:
-            raise ValueError(f"defense spec {spec!r}: more than one positional argument ({arg!r}, {part!r})")
-    return DefenseSpec(name.strip(), arg, options)
-
-
-def make_defense(spec: str | DefenseSpec, vlm: VLM) -> Defense:
-    parsed = parse_defense_spec(spec) if isinstance(spec, str) else spec
+def make_defense(spec: str | Spec, vlm: VLM) -> Defense:
+    parsed = parse_spec(spec, kind="defense") if isinstance(spec, str) else spec
     if parsed.name not in DEFENSES:
         raise ValueError(f"unknown defense {parsed.name!r}; known: {', '.join(sorted(DEFENSES))}")
     return DEFENSES[parsed.name](parsed, vlm)
@@ -108,7 +76,7 @@ def _lazy_factory(module: str, attr: str) -> DefenseFactory:
     """A factory that imports its module on first use (wrapper defenses live in
     :mod:`safegap.eval.wrappers`, which imports this module)."""
 
-    def factory(spec: DefenseSpec, vlm: VLM) -> Defense:
+    def factory(spec: Spec, vlm: VLM) -> Defense:
         return getattr(importlib.import_module(module), attr)(spec, vlm)  # type: ignore[no-any-return]
 
     return factory

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from safegap.errors import read_text
-from safegap.eval.defenses import DEFENSES, Defense, DefenseSpec, NoDefense, make_defense, parse_defense_spec
+from safegap.eval.defenses import DEFENSES, Defense, NoDefense, make_defense
 from safegap.judge.refusal import normalise
 from safegap.models.adapter import ImagesArg, per_row_images
 from safegap.models.loading import VLM
+from safegap.specs import Spec, parse_spec
 
 #: Our wording of an AdaShield-S style static defense prompt.
 DEFAULT_SAFETY_PROMPT = (
@@ -169,15 +170,14 @@ def _system_prompt_text(arg: str | None) -> str:
     return arg
 
 
-def make_system_prompt(spec: DefenseSpec, vlm: VLM) -> Defense:
+def make_system_prompt(spec: Spec, vlm: VLM) -> Defense:
     raw = spec.arg if not spec.options else str(spec).partition(":")[2]
     return SystemPromptDefense(_system_prompt_text(raw), id=str(spec) if raw else "system_prompt")
 
 
-def make_ecso(spec: DefenseSpec, vlm: VLM) -> Defense:
-    allowed = {"check_tokens", "caption_tokens"}
-    unknown = set(spec.options) - allowed
-    if spec.arg or unknown:
+def make_ecso(spec: Spec, vlm: VLM) -> Defense:
+    spec.check_options(("check_tokens", "caption_tokens"), "defense")
+    if spec.arg:
         raise ValueError(f"defense {spec}: ecso takes only check_tokens=N and caption_tokens=N")
     return ECSODefense(
         check_tokens=int(spec.options.get("check_tokens", 8)),
@@ -204,11 +204,11 @@ def check_defense_names(spec: str) -> None:
                 )
 
 
-def _parse_part(part: str) -> DefenseSpec:
+def _parse_part(part: str) -> Spec:
     name, colon, rest = part.partition(":")
     if name.strip() == "system_prompt":
-        return DefenseSpec("system_prompt", rest if colon and rest.strip() else None)
-    return parse_defense_spec(part)
+        return Spec("system_prompt", rest if colon and rest.strip() else None)
+    return parse_spec(part, kind="defense")
 
 
 def defense_files(spec: str) -> dict[str, str]:

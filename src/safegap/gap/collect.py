@@ -16,8 +16,8 @@ import torch
 from safegap.gap.data import GapRecord
 from safegap.gap.streaming import GapResult, TokenBatch, stream_gap
 from safegap.models.loading import VLM
-from safegap.probe import record, resolve_layers
-from safegap.probe.record import Layers
+from safegap.probe import record
+from safegap.specs import Layers, resolve_layers
 
 #: ``spans(vlm, batch, rows) -> (first_mask, second_mask)``: boolean ``(batch, seq)`` masks of the
 #: two token sets to compare (image tokens and text tokens by default); ``rows`` are the batch

@@ -8,16 +8,16 @@ A SPEC is either a file (``.jsonl``, ``.json`` list, or ``.csv`` with a header) 
 the file, alias ``image_path``; ``caption``, ``label`` and ``id`` optional), or the name of a
 registered data source, optionally with an argument: ``NAME`` or ``NAME:ARG``.
 
-Extension point: a provider either calls :func:`register_data_source`, or exposes a module
-``safegap.NAME`` with a function ``gap_records(arg: str) -> Iterable[GapRecord | Mapping]``; the
-module is imported on first use, so ``--data organism`` works as soon as ``safegap.organism``
-provides ``gap_records`` (records may carry in-memory PIL images).
+Extension point: a provider either calls :func:`register_data_source`, or declares its loader
+``gap_records(arg: str) -> Iterable[GapRecord | Mapping]`` as an entry point in the group
+``safegap.gap_sources`` (:mod:`safegap.plugins`), imported on first use; the organism declares
+``organism`` that way, so ``--data organism`` works without this module naming it (records may
+carry in-memory PIL images).
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from safegap.plugins import GAP_SOURCES_GROUP, Registry
 
 PROMPT_KEYS = ("prompt", "text", "question", "query", "goal")
 IMAGE_KEYS = ("image", "image_path")
@@ -75,12 +77,13 @@ class GapRecord:
 
 
 RecordLoader = Callable[[str], Iterable["GapRecord | Mapping[str, Any]"]]
-_SOURCES: dict[str, RecordLoader] = {}
+#: Gap data sources by name; plug-ins register or declare themselves (:mod:`safegap.plugins`).
+DATA_SOURCES: Registry[RecordLoader] = Registry("gap data source", GAP_SOURCES_GROUP)
 
 
 def register_data_source(name: str, loader: RecordLoader) -> None:
     """Make ``--data NAME[:ARG]`` call ``loader(ARG)`` (``ARG`` is ``""`` when absent)."""
-    _SOURCES[name] = loader
+    DATA_SOURCES.register(name, loader)
 
 
 def record_from_mapping(row: Mapping[str, Any], where: str, base_dir: Path | None = None) -> GapRecord:
@@ -144,35 +147,19 @@ def load_record_file(path: str | Path) -> list[GapRecord]:
     return records
 
 
-def _provider(name: str) -> RecordLoader | None:
-    if name in _SOURCES:
-        return _SOURCES[name]
-    if not name.isidentifier() or name == "cli":  # the library never imports the command line
-        return None
-    try:
-        module = importlib.import_module(f"safegap.{name}")
-    except ImportError:
-        return None
-    if name in _SOURCES:  # the module registered itself on import
-        return _SOURCES[name]
-    loader = getattr(module, "gap_records", None)
-    return loader if callable(loader) else None
-
-
 def resolve_data(spec: str) -> list[GapRecord]:
     """Records for a data SPEC: a file path, or ``NAME[:ARG]`` of a data source."""
     if Path(spec).is_file():
         return load_record_file(spec)
+    # NAME[:ARG] in the grammar of safegap.specs; the source parses its ARG (and options) itself
     name, _, arg = spec.partition(":")
-    loader = _provider(name)
-    if loader is None:
+    if name.strip() not in DATA_SOURCES:
         if Path(spec).suffix.lower() in (".jsonl", ".json", ".csv"):
             raise FileNotFoundError(f"data file {spec!r} not found")
-        known = ", ".join(sorted(_SOURCES)) or "none registered"
         raise ValueError(
-            f"data spec {spec!r}: no such file and no data source {name!r} "
-            f"(sources: {known}; a module safegap.{name} can provide gap_records(arg))"
+            f"data spec {spec!r}: no such file and no data source {name!r} (sources: {DATA_SOURCES.known()})"
         )
+    loader = DATA_SOURCES[name.strip()]
     records = []
     for i, item in enumerate(loader(arg)):
         records.append(item if isinstance(item, GapRecord) else record_from_mapping(item, f"{name} item {i}"))

@@ -32,7 +32,8 @@ from safegap.data.images import blank_image, noise_image
 from safegap.gap.collect import prompt_batches
 from safegap.models.hooks import HookHandle, replace_layer_hidden
 from safegap.models.loading import VLM
-from safegap.probe import record, resolve_layers
+from safegap.probe import record
+from safegap.specs import resolve_layers
 
 DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "Sorry",

@@ -9,8 +9,11 @@ the cancellation a raw ``sum x x^T`` would suffer when the mean is large next to
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from safegap.gap.metrics import mean_pairwise_cosine
 
 
 class Moments:
@@ -187,3 +190,50 @@ class TokenReservoir:
             keep = torch.topk(all_priority, self.capacity, largest=False).indices.sort().values
             all_rows, all_groups, all_priority = all_rows[keep], all_groups[keep], all_priority[keep]
         self.rows, self.groups, self._priority = all_rows, all_groups, all_priority
+
+
+@dataclass
+class ModalitySummary:
+    count: int
+    mean: torch.Tensor
+    cov: torch.Tensor
+    raw_mean: torch.Tensor
+    mean_norm: float
+    norm_std: float
+    median_norm: float | None
+    outliers: int
+    unit_mean: torch.Tensor
+    intra_cosine: float
+
+    @classmethod
+    def of(
+        cls,
+        moments: Moments,
+        norms: ScalarMoments,
+        raw_mean: torch.Tensor,
+        median_norm: float | None,
+        outliers: int,
+        replacement: torch.Tensor | None,
+        unit_sum: torch.Tensor,
+    ) -> ModalitySummary:
+        """The summary of one stream. ``moments`` hold the kept tokens; the ``outliers`` removed
+        ones count again as ``replacement`` (the coordinate median), as the outlier correction
+        defines; ``norms`` are all tokens' norms, ``unit_sum`` the sum of their unit vectors."""
+        cleaned = moments
+        if replacement is not None and outliers:
+            cleaned = moments.copy()
+            cleaned.add_repeated(replacement.to(moments.device, torch.float64), outliers)
+        n = norms.count
+        cov = cleaned.covariance() if n > 1 else torch.zeros(moments.dim, moments.dim, dtype=torch.float64)
+        return cls(
+            count=n,
+            mean=cleaned.mean(),
+            cov=cov,
+            raw_mean=raw_mean,
+            mean_norm=norms.mean(),
+            norm_std=norms.std(),
+            median_norm=median_norm,
+            outliers=outliers,
+            unit_mean=unit_sum / n,
+            intra_cosine=mean_pairwise_cosine(unit_sum, n),
+        )

@@ -14,16 +14,12 @@ histogram bin (exact when the stream fits the median's warm-up buffer).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from safegap.gap.extremes import ExtremeRows, NormLog
 from safegap.gap.histmedian import HistogramMedian
-from safegap.gap.moments import Moments, ScalarMoments
-
-if TYPE_CHECKING:
-    from safegap.gap.streaming import ModalitySummary
+from safegap.gap.moments import ModalitySummary, Moments, ScalarMoments
 
 
 def default_warmup(dim: int) -> int:
@@ -153,8 +149,6 @@ class FastModalityStream:
         self.pass_index += 1
 
     def summary(self) -> ModalitySummary:
-        from safegap.gap.streaming import ModalitySummary
-
         if self.pass_index < self.passes:
             raise RuntimeError(f"{self.passes - self.pass_index} pass(es) left before the summary")
         assert self._raw_mean is not None

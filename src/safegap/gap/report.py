@@ -26,8 +26,7 @@ from safegap.gap.layers import (
 )
 from safegap.gap.shift import five_conditions, semantic_shift
 from safegap.models.loading import VLM
-from safegap.probe import resolve_layers
-from safegap.probe.record import Layers
+from safegap.specs import Layers, resolve_layers
 
 GAP_SCHEMA = "safegap.gap/1"
 LAYERS_SCHEMA = "safegap.layers/1"

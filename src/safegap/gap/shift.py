@@ -26,8 +26,7 @@ from safegap.gap.collect import image_token_span, last_token_states, pooled_stat
 from safegap.gap.data import GapRecord
 from safegap.gap.metrics import paired_gap, unit_rows
 from safegap.models.loading import VLM
-from safegap.probe import resolve_layers
-from safegap.probe.record import Layers
+from safegap.specs import Layers, resolve_layers
 
 
 def caption_prompt(caption: str, prompt: str) -> str:

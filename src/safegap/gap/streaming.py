@@ -34,11 +34,10 @@ from safegap.gap.metrics import (
     ProbeResult,
     frechet_terms,
     linear_probe,
-    mean_pairwise_cosine,
     mir_total,
     reference_fast_terms,
 )
-from safegap.gap.moments import Moments, ScalarMoments, TokenReservoir
+from safegap.gap.moments import ModalitySummary, Moments, ScalarMoments, TokenReservoir
 from safegap.gap.onepass import FastModalityStream
 from safegap.gap.select import RadixSelect
 
@@ -70,53 +69,6 @@ class TokenBatch:
 
 #: A re-iterable source: each call starts the same stream of batches again.
 TokenSource = Callable[[], Iterable[TokenBatch]]
-
-
-@dataclass
-class ModalitySummary:
-    count: int
-    mean: torch.Tensor
-    cov: torch.Tensor
-    raw_mean: torch.Tensor
-    mean_norm: float
-    norm_std: float
-    median_norm: float | None
-    outliers: int
-    unit_mean: torch.Tensor
-    intra_cosine: float
-
-    @classmethod
-    def of(
-        cls,
-        moments: Moments,
-        norms: ScalarMoments,
-        raw_mean: torch.Tensor,
-        median_norm: float | None,
-        outliers: int,
-        replacement: torch.Tensor | None,
-        unit_sum: torch.Tensor,
-    ) -> ModalitySummary:
-        """The summary of one stream. ``moments`` hold the kept tokens; the ``outliers`` removed
-        ones count again as ``replacement`` (the coordinate median), as the outlier correction
-        defines; ``norms`` are all tokens' norms, ``unit_sum`` the sum of their unit vectors."""
-        cleaned = moments
-        if replacement is not None and outliers:
-            cleaned = moments.copy()
-            cleaned.add_repeated(replacement.to(moments.device, torch.float64), outliers)
-        n = norms.count
-        cov = cleaned.covariance() if n > 1 else torch.zeros(moments.dim, moments.dim, dtype=torch.float64)
-        return cls(
-            count=n,
-            mean=cleaned.mean(),
-            cov=cov,
-            raw_mean=raw_mean,
-            mean_norm=norms.mean(),
-            norm_std=norms.std(),
-            median_norm=median_norm,
-            outliers=outliers,
-            unit_mean=unit_sum / n,
-            intra_cosine=mean_pairwise_cosine(unit_sum, n),
-        )
 
 
 class ModalityStream:

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from safegap.eval.specs import Spec, parse_spec
 from safegap.judge.refusal import RefusalJudge
+from safegap.specs import Spec, parse_spec
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ JudgeFactory = Callable[[Spec], Judge]
 
 def _refusal(spec: Spec) -> Judge:
     if spec.arg or spec.options:
-        window = spec.options.get("window")
-        if spec.arg or set(spec.options) - {"window"}:
+        window = spec.check_options(("window",), "judge").options.get("window")
+        if spec.arg:
             raise ValueError(f"judge 'refusal' takes only window=N, got {str(spec)!r}")
         return RefusalPhraseJudge(RefusalJudge(window=None if window in ("none", "") else int(str(window))))
     return RefusalPhraseJudge()

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from safegap.eval.specs import Spec
 from safegap.judge.base import JudgeInput, Verdict
+from safegap.specs import Spec
 
 #: Bump when parsing or conversation layout changes.
 GUARD_JUDGE_VERSION = "1"
@@ -228,13 +228,7 @@ def load_guard(
 def from_spec(spec: Spec) -> GuardJudge:
     if not spec.arg:
         raise ValueError(f"judge {spec.name!r} needs a checkpoint: {spec.name}:PATH")
-    allowed = {"device", "dtype", "max_new_tokens", "batch_size", "content"}
-    unknown = set(spec.options) - allowed
-    if unknown:
-        raise ValueError(
-            f"judge {spec.name!r}: unknown option(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(allowed))}"
-        )
+    spec.check_options(("device", "dtype", "max_new_tokens", "batch_size", "content"), "judge")
     o = spec.options
     judge = load_guard(
         spec.arg,

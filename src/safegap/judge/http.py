@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safegap.errors import redact, split_credentials
-from safegap.eval.specs import Spec
 from safegap.judge.base import JudgeInput, Verdict
+from safegap.specs import Spec
 
 HTTP_JUDGE_VERSION = "1"
 
@@ -208,27 +208,25 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+#: The option keys of an ``openai:`` judge spec.
+OPTIONS = (
+    "model",
+    "api_key_env",
+    "timeout",
+    "retries",
+    "concurrency",
+    "max_requests",
+    "max_tokens",
+    "send_image",
+)
+
+
 def from_spec(spec: Spec) -> OpenAIJudge:
     if not spec.arg:
         raise ValueError(f"judge {spec.name!r} needs an API URL: {spec.name}:http://host:port/v1,model=NAME")
+    spec.check_options(OPTIONS, "judge")
     if "model" not in spec.options:
         raise ValueError(f"judge {spec.name!r} needs model=NAME")
-    allowed = {
-        "model",
-        "api_key_env",
-        "timeout",
-        "retries",
-        "concurrency",
-        "max_requests",
-        "max_tokens",
-        "send_image",
-    }
-    unknown = set(spec.options) - allowed
-    if unknown:
-        raise ValueError(
-            f"judge {spec.name!r}: unknown option(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(allowed))}"
-        )
     o = spec.options
     judge = OpenAIJudge(
         url=spec.arg,

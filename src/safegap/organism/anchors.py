@@ -18,30 +18,25 @@ from __future__ import annotations
 
 from PIL import Image
 
+from safegap.specs import parse_spec
+
 DEFAULT_N = 48
 KINDS = ("all", "harmful", "benign")
 USAGE = "use organism:calibration[,world_seed=S][,n=N][,kind=all|harmful|benign]"
 
 
-def parse_anchor_kind(arg: str) -> tuple[str, str]:
-    """Split ``kind=K`` off the spec: ``("calibration,n=8", "harmful")``."""
-    kind, rest = "all", []
-    for part in (p.strip() for p in arg.split(",")):
-        key, sep, value = part.partition("=")
-        if sep and key.strip() == "kind":
-            kind = value.strip()
-            if kind not in KINDS:
-                raise ValueError(f"organism anchors {arg!r}: kind={kind!r}; {USAGE}")
-        elif part:
-            rest.append(part)
-    return ",".join(rest), kind
-
-
-def parse_anchor_arg(arg: str) -> tuple[str, int, int]:
-    """``"calibration,world_seed=1,n=8"`` -> ``("calibration", 1, 8)`` (one-line errors)."""
+def parse_anchor_arg(arg: str) -> tuple[str, int, int, str]:
+    """``"calibration,world_seed=1,n=8,kind=harmful"`` -> ``("calibration", 1, 8, "harmful")``
+    (one-line errors; unknown keys name the valid ones)."""
     from safegap.organism.world import parse_world_spec
 
-    return parse_world_spec(arg, "organism anchors", USAGE, "calibration", DEFAULT_N)
+    split, world_seed, n = parse_world_spec(
+        arg, "organism anchors", USAGE, "calibration", DEFAULT_N, other_keys=("kind",)
+    )
+    kind = parse_spec(f"organism:{arg}").options.get("kind", "all")
+    if kind not in KINDS:
+        raise ValueError(f"organism anchors {arg!r}: kind={kind!r}; {USAGE}")
+    return split, world_seed, n, kind
 
 
 def calibration_anchors(split: str = "calibration") -> list[tuple[str, Image.Image | None]]:
@@ -53,8 +48,7 @@ def calibration_anchors(split: str = "calibration") -> list[tuple[str, Image.Ima
     from safegap.organism.study import calibration_data
     from safegap.organism.world import World
 
-    spec, kind = parse_anchor_kind(split)
-    name, world_seed, n = parse_anchor_arg(spec)
+    name, world_seed, n, kind = parse_anchor_arg(split)
     if name != "calibration":
         raise ValueError(
             f"organism anchors: split {name!r} is not allowed; only 'calibration' is disjoint from the "

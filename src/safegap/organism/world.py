@@ -21,28 +21,38 @@ from functools import cached_property
 from importlib import resources
 from typing import Any, Literal
 
+from safegap.specs import parse_spec, unknown_option
+
 Split = Literal["train", "calibration", "eval"]
 SPLITS: tuple[Split, ...] = ("train", "calibration", "eval")
 
 
 def parse_world_spec(
-    arg: str, what: str, usage: str, default_split: str, default_n: int, splits: Sequence[str] | None = None
+    arg: str,
+    what: str,
+    usage: str,
+    default_split: str,
+    default_n: int,
+    splits: Sequence[str] | None = None,
+    other_keys: Sequence[str] = (),
 ) -> tuple[str, int, int]:
-    """``"SPLIT,world_seed=S,n=N"`` -> ``(split, S, N)``, the spec style of the organism's data
-    sources (CMRM anchors, gap records); each part optional, one-line errors that start with
-    ``what`` and end with ``usage``. ``splits``: the allowed splits (None: any, checked by the caller).
-    World seed 0 is the world every model seed is trained and evaluated on."""
-    parts = [p.strip() for p in arg.split(",") if p.strip()]
-    split = default_split
-    if parts and "=" not in parts[0]:
-        split = parts.pop(0)
+    """``"SPLIT,world_seed=S,n=N"`` -> ``(split, S, N)``: the ARG of an organism data source spec
+    (CMRM anchors, gap records) in the grammar of :mod:`safegap.specs`; each part optional,
+    one-line errors that start with ``what`` (usage errors end with ``usage``). ``splits``: the
+    allowed splits (None: any, checked by the caller); ``other_keys``: options the caller reads
+    itself. World seed 0 is the world every model seed is trained and evaluated on."""
+    spec = parse_spec(f"{what}:{arg}", what)
+    for key in spec.options:
+        if key not in ("world_seed", "n", *other_keys):
+            raise unknown_option(what, key, ("world_seed", "n", *other_keys))
+    split = spec.arg or default_split
     if splits is not None and split not in splits:
         raise ValueError(f"{what} {arg!r}: unknown split {split!r} ({', '.join(splits)}); {usage}")
     values = {"world_seed": 0, "n": default_n}
-    for part in parts:
-        key, sep, value = (x.strip() for x in part.partition("="))
-        if not sep or key not in values:
-            raise ValueError(f"{what} {arg!r}: unknown option {part!r}; {usage}")
+    for key in values:
+        value = spec.options.get(key)
+        if value is None:
+            continue
         try:
             values[key] = int(value)
         except ValueError:

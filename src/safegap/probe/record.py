@@ -8,7 +8,7 @@ costs a fraction of a full forward. Hooks are removed on every path, errors incl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,10 +16,10 @@ import torch
 
 from safegap.models.hooks import layer_hooks
 from safegap.models.loading import VLM
+from safegap.specs import Layers, resolve_layers
 
 PositionName = Literal["last", "image", "text", "all"]
 Positions = PositionName | torch.Tensor
-Layers = Literal["all"] | int | Sequence[int]
 
 
 class _StopForward(Exception):
@@ -43,24 +43,6 @@ class Recording:
     def stacked(self) -> torch.Tensor:
         """``(n_layers, ..., hidden)`` in the order of ``layers``."""
         return torch.stack([self.states[i] for i in self.layers])
-
-
-def resolve_layers(layers: Layers, num_layers: int) -> list[int]:
-    """Normalise a layer spec (``"all"``, an index, or indices; negatives count from the end)."""
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers must be 'all', an int or a sequence of ints, got {layers!r}")
-        return list(range(num_layers))
-    raw = [layers] if isinstance(layers, int) else list(layers)
-    out = []
-    for i in raw:
-        j = i + num_layers if i < 0 else i
-        if not 0 <= j < num_layers:
-            raise ValueError(f"layer {i} out of range for a model with {num_layers} decoder layers")
-        out.append(j)
-    if not out:
-        raise ValueError("no layers requested")
-    return sorted(set(out))
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from safegap.eval.records import read_records
-from safegap.eval.specs import parse_spec
 from safegap.report import plots
+from safegap.specs import parse_spec
 
 Row = dict[str, Any]
 METRIC_COLUMNS = (

@@ -8,8 +8,10 @@ An anchor is ``(text, image or None)``. Anchor files (``load_anchors``):
   ``image_path`` or ``image_column``) holds a path relative to the CSV file's folder; an empty
   cell means no image.
 * ``.jsonl`` -- one object per line with the same keys.
-* ``SCHEME:ARG`` -- a registered source, e.g. ``organism:calibration`` (the organism world's
-  calibration split). Sources register with :func:`register_anchor_source`.
+* ``SCHEME:ARG`` -- an anchor source, e.g. ``organism:calibration`` (the organism world's
+  calibration split). Sources register with :func:`register_anchor_source` or declare
+  themselves as entry points in ``safegap.anchor_sources`` (:mod:`safegap.plugins`, how the
+  organism provides ``organism:``), so this module names no source.
 
 Corrupted images (:func:`corrupted_image`): ``blank`` is a white (255, 255, 255) image of the
 anchor image's own size (so families with dynamic resolution produce the same number of image
@@ -32,7 +34,8 @@ from typing import Any, Literal
 from PIL import Image
 
 from safegap.data.images import BLANK_COLOR, DEFAULT_SIZE, blank_image, noise_image
-from safegap.errors import first_line, read_text
+from safegap.errors import UserError, first_line, read_text
+from safegap.plugins import ANCHOR_SOURCES_GROUP, Registry
 
 Anchor = tuple[str, Image.Image | None]
 CorruptionKind = Literal["blank", "noise"]
@@ -41,24 +44,14 @@ CorruptFn = Callable[[Image.Image | None, str], Image.Image]
 TEXT_KEYS = ("prompt", "text", "question", "instruction", "goal")
 IMAGE_KEYS = ("image", "image_path")
 
-#: scheme -> loader(arg) returning anchors; ``organism`` is built in (see :func:`_organism_anchors`).
-ANCHOR_SOURCES: dict[str, Callable[[str], list[Anchor]]] = {}
+AnchorLoader = Callable[[str], Sequence[Anchor]]
+#: scheme -> loader(ARG) returning anchors; plug-ins register or declare themselves.
+ANCHOR_SOURCES: Registry[AnchorLoader] = Registry("anchor source", ANCHOR_SOURCES_GROUP)
 
 
-def register_anchor_source(scheme: str, loader: Callable[[str], list[Anchor]]) -> None:
+def register_anchor_source(scheme: str, loader: AnchorLoader) -> None:
     """Make ``SCHEME:ARG`` anchor specs resolve through ``loader(ARG)``."""
-    ANCHOR_SOURCES[scheme] = loader
-
-
-def _organism_anchors(split: str) -> list[Anchor]:
-    """``organism:SPLIT``: the organism world's calibration split
-    (:func:`safegap.organism.anchors.calibration_anchors`; imported on use)."""
-    from safegap.organism.anchors import calibration_anchors
-
-    return [(str(t), img) for t, img in calibration_anchors(split)]
-
-
-register_anchor_source("organism", _organism_anchors)
+    ANCHOR_SOURCES.register(scheme, loader)
 
 
 def corrupted_image(kind: CorruptionKind, image: Image.Image | None, key: str, seed: int = 0) -> Image.Image:
@@ -168,9 +161,13 @@ def load_anchors(
     """Anchors from a file or a ``SCHEME:ARG`` source (formats in the module docstring)."""
     spec_text = str(spec)
     path = Path(spec_text)
-    scheme, sep, arg = spec_text.partition(":")
+    scheme, sep, arg = spec_text.partition(":")  # SCHEME:ARG; the source parses its ARG itself
     if sep and not path.exists() and scheme in ANCHOR_SOURCES:
         anchors = validate_anchors(ANCHOR_SOURCES[scheme](arg))
+    elif sep and not path.exists() and scheme.isidentifier() and not path.suffix:
+        raise UserError(
+            f"anchors {spec_text!r}: no such file and no anchor source {scheme!r} (sources: {ANCHOR_SOURCES.known()})"
+        )
     else:
         if not path.is_file():
             raise FileNotFoundError(f"anchor file not found: {path}")

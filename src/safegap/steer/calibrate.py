@@ -25,7 +25,8 @@ from PIL import Image
 
 import safegap
 from safegap.models.loading import VLM
-from safegap.probe.record import Layers, Positions, record, resolve_layers
+from safegap.probe.record import Positions, record
+from safegap.specs import Layers, resolve_layers
 from safegap.steer.anchors import (
     Anchor,
     CorruptionKind,

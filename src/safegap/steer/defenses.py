@@ -17,62 +17,39 @@ also choose alpha (and the vector's form) on labelled calibration prompts with
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from safegap.errors import UserError, finite_float
-from safegap.eval.defenses import DEFENSES, Defense, DefenseSpec
+from safegap.eval.defenses import DEFENSES, Defense
 from safegap.judge.refusal import RefusalJudge
 from safegap.models.adapter import ImagesArg
 from safegap.models.generation import generate
 from safegap.models.loading import VLM
+from safegap.specs import Layers, Spec, resolve_within
 from safegap.steer.anchors import Anchor
 from safegap.steer.calibrate import calibrate
-from safegap.steer.intervene import DEFAULT_POSITIONS, Layers, resolve_policy, resolve_steer_layers
+from safegap.steer.intervene import DEFAULT_POSITIONS, resolve_policy
 from safegap.steer.sample import generate_sample_level
 from safegap.steer.sweep import DEFAULT_ALPHAS, SweepPoint, alpha_sweep, select_alpha
 from safegap.steer.vector import ShiftVector
 
 
-def parse_layers(text: str) -> Layers:
-    """``all``, ``N`` (negative counts from the end) or ``A-B`` (inclusive)."""
-    text = text.strip()
-    if text == "all":
-        return "all"
-    if re.fullmatch(r"-?\d+", text):
-        return int(text)
-    match = re.fullmatch(r"(\d+)-(\d+)", text)
-    if match and int(match[1]) <= int(match[2]):
-        return list(range(int(match[1]), int(match[2]) + 1))
-    raise ValueError(f"layers={text!r}: use all, N or A-B")
-
-
-def _alpha(options: dict[str, str], spec: DefenseSpec) -> float:
+def _alpha(options: dict[str, str], spec: Spec) -> float:
     try:
         return finite_float(options.get("alpha", "1.0"), "alpha")
     except ValueError as exc:
         raise UserError(f"defense {spec}: {exc}") from None
 
 
-def check_layers(spec: DefenseSpec, layers: Layers, available: Sequence[int], num_layers: int) -> None:
-    """A ``layers=`` the model or vector does not have fails when the defense is built, not as a
-    run of errored samples."""
+def spec_layers(spec: Spec, layers: str, available: Sequence[int], num_layers: int) -> list[int]:
+    """The indices of a ``layers=`` option; one the model or vector does not have fails when the
+    defense is built, not as a run of errored samples."""
     try:
-        resolve_steer_layers(layers, available)
+        return resolve_within(layers, available, num_layers)
     except ValueError as exc:
-        raise UserError(
-            f"defense {spec}: layers={spec.options.get('layers')}: {exc} (the model has {num_layers} layers)"
-        ) from None
-
-
-def _check_options(spec: DefenseSpec, allowed: set[str]) -> None:
-    unknown = sorted(set(spec.options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"defense {spec}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+        raise UserError(f"defense {spec}: {exc}") from None
 
 
 @dataclass
@@ -139,10 +116,10 @@ class SampleCMRMDefense:
         )
 
 
-def make_cmrm(spec: DefenseSpec, vlm: VLM) -> Defense:
+def make_cmrm(spec: Spec, vlm: VLM) -> Defense:
     if not spec.arg:
         raise ValueError(f"defense {spec}: give the shift file, e.g. cmrm:shift.safetensors,alpha=1.0")
-    _check_options(spec, {"alpha", "positions", "layers", "form"})
+    spec.check_options(("alpha", "positions", "layers", "form"), "defense")
     shift = ShiftVector.load(spec.arg, vlm=vlm)
     # a vector tuned at calibration (safegap calibrate --tune-harmful/--tune-benign) brings its
     # alpha, form and positions; options given in the spec win
@@ -155,26 +132,25 @@ def make_cmrm(spec: DefenseSpec, vlm: VLM) -> Defense:
         raise ValueError(f"defense {spec}: form={form!r}; use full or increments")
     if form == "increments":
         shift = shift.increments()
-    layers = parse_layers(options.get("layers", "all"))
-    check_layers(spec, layers, shift.layers, vlm.adapter.num_layers)
+    layers = spec_layers(spec, options.get("layers", "all"), shift.layers, vlm.adapter.num_layers)
     label = str(spec) if not tuned else f"{spec} (tuned: {', '.join(f'{k}={v}' for k, v in tuned.items())})"
     alpha = _alpha(options, spec)
     return CMRMDefense(shift, alpha, positions, layers, id=label, tuning=shift.tuning)
 
 
-def make_cmrm_sample(spec: DefenseSpec, vlm: VLM) -> Defense:
+def make_cmrm_sample(spec: Spec, vlm: VLM) -> Defense:
     if spec.arg:
         raise ValueError(
             f"defense {spec}: cmrm_sample takes only options (corrupt=, alpha=, positions=, layers=)"
         )
-    _check_options(spec, {"alpha", "positions", "layers", "corrupt"})
+    spec.check_options(("alpha", "positions", "layers", "corrupt"), "defense")
     corrupt = spec.options.get("corrupt", "blank")
     if corrupt not in ("blank", "noise"):
         raise ValueError(f"defense {spec}: corrupt={corrupt!r}; use blank or noise")
     positions = spec.options.get("positions", DEFAULT_POSITIONS)
     resolve_policy(positions)
-    layers = parse_layers(spec.options.get("layers", "all"))
-    check_layers(spec, layers, range(vlm.adapter.num_layers), vlm.adapter.num_layers)
+    num_layers = vlm.adapter.num_layers
+    layers = spec_layers(spec, spec.options.get("layers", "all"), range(num_layers), num_layers)
     return SampleCMRMDefense(_alpha(spec.options, spec), corrupt, positions, layers, id=str(spec))
 
 

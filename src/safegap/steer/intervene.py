@@ -30,7 +30,7 @@ into ``"I I I I ..."`` and made dataset-level CMRM collapse at alpha >= 0.5 (see
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from safegap.models.hooks import HookHandle, add_layer_hooks
+from safegap.specs import Layers, resolve_within
 from safegap.steer.operators import (
     HIDDEN_INDEPENDENT,
     OPERATORS,
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from safegap.models.loading import VLM
     from safegap.steer.vector import ShiftVector
 
-Layers = Literal["all"] | int | Sequence[int]
 PositionPolicy = Literal["last+decode", "last", "prefill", "all"]
 RowPolicy = Literal["image", "all"]
 
@@ -74,26 +74,6 @@ def resolve_policy(positions: str) -> _Policy:
     if positions not in POSITION_POLICIES:
         raise ValueError(f"unknown positions policy {positions!r}; known: {', '.join(POSITION_POLICIES)}")
     return POSITION_POLICIES[positions]
-
-
-def resolve_steer_layers(layers: Layers, available: Sequence[int]) -> list[int]:
-    """``"all"`` means every layer the vector has; ints must be among them (negatives from the end
-    of ``available``)."""
-    have = sorted(available)
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers must be 'all', an int or a list of ints, got {layers!r}")
-        return have
-    wanted = [layers] if isinstance(layers, int) else list(layers)
-    out = []
-    for i in wanted:
-        j = have[i] if i < 0 and -len(have) <= i else i
-        if j not in have:
-            raise ValueError(f"layer {i} is not in the shift vector (it has layers {have[0]}..{have[-1]})")
-        out.append(j)
-    if not out:
-        raise ValueError("no layers requested")
-    return sorted(set(out))
 
 
 def cache_length(cache: Any) -> int:
@@ -368,7 +348,7 @@ def patch(
 ) -> SteeringHandle:
     """Attach ``shift`` to ``vlm`` and return the handle (``handle.remove()`` to detach)."""
     shift.check_fits(vlm)
-    chosen = resolve_steer_layers(layers, shift.layers)
+    chosen = resolve_within(layers, shift.layers, vlm.adapter.num_layers)
     vectors = {i: shift.vectors[i] for i in chosen}
     return SteeringHandle(
         vlm, vectors, alpha, positions, operator, direction, reference, rows, clamp, cache=shift.prepared

@@ -33,10 +33,10 @@ from PIL import Image
 
 from safegap.models.adapter import ImagesArg, per_row_images
 from safegap.models.loading import VLM
-from safegap.probe.record import resolve_layers
+from safegap.specs import Layers, resolve_layers
 from safegap.steer.anchors import CorruptionKind, corrupted_image
 from safegap.steer.calibrate import record_states
-from safegap.steer.intervene import DEFAULT_POSITIONS, Layers, SteeringHandle, resolve_policy
+from safegap.steer.intervene import DEFAULT_POSITIONS, SteeringHandle, resolve_policy
 from safegap.steer.operators import Operator
 from safegap.steer.prefix import shared_prefix_states
 from safegap.steer.vector import ShiftVector

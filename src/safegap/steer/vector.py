@@ -27,7 +27,8 @@ from safegap.files import atomic_path
 
 if TYPE_CHECKING:
     from safegap.models.loading import VLM
-    from safegap.steer.intervene import Layers, SteeringHandle
+    from safegap.specs import Layers
+    from safegap.steer.intervene import SteeringHandle
 
 METADATA_KEY = "safegap.shift_vector"
 FORMAT_VERSION = "1"

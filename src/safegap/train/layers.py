@@ -1,4 +1,5 @@
-"""Layer sets for the regularisers: ``"4-7"``, ``"2,4-6"``, ``"all"`` or the JSON of ``safegap layers``.
+"""Layer sets for the regularisers: a layer range (``"4-7"``, ``"2,4-6"``, ``"all"``, negatives from
+the model's last layer; the grammar of :mod:`safegap.specs`) or the JSON of ``safegap layers``.
 
 Indices are decoder-layer indices from 0 (the output of decoder layer ``i``), as everywhere in
 safegap. The safety-band JSON written by ``safegap layers`` (``safegap.gap``) is read tolerantly:
@@ -13,39 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def parse_layer_ranges(spec: str, num_layers: int) -> list[int]:
-    """``"4-7"`` -> ``[4, 5, 6, 7]``; ``"1,3-4"``; ``"all"``; negatives count from the end."""
-    text = spec.strip()
-    if text == "all":
-        return list(range(num_layers))
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo_text, sep, hi_text = part.partition("-") if not part.startswith("-") else (part, "", "")
-        try:
-            lo = int(lo_text)
-            hi = int(hi_text) if sep else lo
-        except ValueError:
-            raise ValueError(f"bad layer range {part!r} in {spec!r}; use e.g. '4-7' or '2,4-6'") from None
-        if hi < lo:
-            raise ValueError(f"layer range {part!r} runs backwards")
-        out.extend(range(lo, hi + 1))
-    return _checked(out, num_layers, spec)
-
-
-def _checked(layers: Sequence[int], num_layers: int, origin: str) -> list[int]:
-    resolved = []
-    for layer in layers:
-        index = layer + num_layers if layer < 0 else layer
-        if not 0 <= index < num_layers:
-            raise ValueError(f"layer {layer} from {origin!r} is out of range for {num_layers} decoder layers")
-        resolved.append(index)
-    if not resolved:
-        raise ValueError(f"no layers in {origin!r}")
-    return sorted(set(resolved))
+from safegap.specs import resolve_layers
 
 
 def _band_layers(band: Any, origin: str) -> list[int]:
@@ -73,15 +42,15 @@ def layers_from_json(path: str | Path, num_layers: int) -> list[int]:
         layers = _band_layers({"layers": data["layers"]}, str(p))
     else:
         raise ValueError(f"{p}: no 'safety_band' or 'layers' entry; pass explicit layers like '4-7'")
-    return _checked(layers, num_layers, str(p))
+    return resolve_layers(layers, num_layers, str(p))
 
 
 def resolve_layer_spec(spec: str | Sequence[int], num_layers: int) -> list[int]:
     """A range string, a path to a layers JSON, or explicit indices."""
     if not isinstance(spec, str):
-        return _checked(list(spec), num_layers, str(list(spec)))
+        return resolve_layers(list(spec), num_layers)
     if spec.endswith(".json") or Path(spec).is_file():
         if not Path(spec).is_file():
             raise FileNotFoundError(f"layers file {spec} does not exist")
         return layers_from_json(spec, num_layers)
-    return parse_layer_ranges(spec, num_layers)
+    return resolve_layers(spec, num_layers)

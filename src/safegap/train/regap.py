@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 
+from safegap.specs import parse_layers, resolve_layers
 from safegap.train.distributed import global_masked_mean, global_sum, global_sum_detached
 from safegap.train.hooks import LossContext
 
@@ -61,16 +62,28 @@ class _Moments:
 
 
 def parse_regap_layers(spec: str | Sequence[Layer]) -> tuple[Layer, ...]:
-    """``"0"``, ``"0,1"``, ``"embed,0"`` or a sequence of them."""
+    """``"0"``, ``"0,1"``, ``"0-2"``, ``"embed,0"`` or a sequence of them: ``embed`` and the layer
+    grammar of :mod:`safegap.specs` (a negative counts from the model's last layer, resolved when
+    the loss runs, so a range must not cross zero)."""
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     out: list[Layer] = []
     for item in items:
         if item == "embed":
             out.append("embed")
-        elif isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
-            out.append(int(item))
-        else:
-            raise ValueError(f"ReGap layer {item!r} is neither a decoder-layer index nor 'embed'")
+            continue
+        if isinstance(item, int) and not isinstance(item, bool):
+            out.append(item)
+            continue
+        try:
+            pieces = parse_layers(str(item), "ReGap layers") if str(item) != "all" else None
+        except ValueError:
+            pieces = None
+        if not pieces:
+            raise ValueError(f"ReGap layer {item!r} is neither a decoder-layer index (or A-B) nor 'embed'")
+        for lo, hi in pieces:
+            if (lo < 0) != (hi < 0) or hi < lo:
+                raise ValueError(f"ReGap layer range {item!r}: give A-B with A <= B on one side of zero")
+            out.extend(range(lo, hi + 1))
     if not out:
         raise ValueError("ReGap needs at least one layer")
     return tuple(dict.fromkeys(out))
@@ -150,9 +163,7 @@ class ReGapLoss:
             if ctx.embeddings is None:
                 raise ValueError("ReGap layer 'embed' needs ctx.embeddings (use capture_hidden_states)")
             return ctx.embeddings
-        if not 0 <= layer < len(ctx.hidden_states):
-            raise ValueError(f"ReGap layer {layer} out of range for {len(ctx.hidden_states)} decoder layers")
-        return ctx.hidden_states[layer]
+        return ctx.hidden_states[resolve_layers(layer, len(ctx.hidden_states), "ReGap layers")[0]]
 
     @staticmethod
     def _moments(states: torch.Tensor, mask: torch.Tensor) -> _Moments:

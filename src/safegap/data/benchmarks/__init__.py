@@ -1,7 +1,9 @@
 """Benchmark registry: ``load_benchmark("figstep_tiny", context)`` and friends.
 
 Each benchmark is one small module here that registers a :class:`Benchmark` subclass; importing
-this package registers them all. Specs are ``NAME`` or ``NAME:PATH[,key=value...]`` (a path
+this package registers them all. Benchmarks from elsewhere (the organism's) declare themselves
+in the ``safegap.benchmarks`` entry-point group (:mod:`safegap.plugins`) and are imported on
+first use, so this package imports none of them. Specs are ``NAME`` or ``NAME:PATH[,key=value...]`` (a path
 overrides where the files are, e.g. ``text_csv:my_prompts.csv``).
 """
 
@@ -14,7 +16,6 @@ from safegap.data.benchmarks import (  # noqa: F401  (each module registers its 
     harmbench,
     jailbreakv,
     mm_safetybench,
-    organism,
     text_sets,
     vlsafe,
     xstest,
@@ -33,7 +34,7 @@ from safegap.data.benchmarks.base import (
     resolve_benign_images,
     resolve_data_dir,
 )
-from safegap.eval.specs import parse_spec
+from safegap.specs import parse_spec
 
 __all__ = [
     "BENCHMARKS",
@@ -58,8 +59,10 @@ def load_benchmark(spec: str, context: DataContext | None = None) -> Benchmark:
     the list of known ones."""
     parsed = parse_spec(spec, kind="benchmark")
     if parsed.name not in BENCHMARKS:
-        raise BenchmarkError(f"unknown benchmark {parsed.name!r}; known: {', '.join(sorted(BENCHMARKS))}")
-    return BENCHMARKS[parsed.name](str(parsed), parsed.arg, parsed.options, context or DataContext())
+        raise BenchmarkError(f"unknown benchmark {parsed.name!r}; known: {BENCHMARKS.known()}")
+    cls = BENCHMARKS[parsed.name]
+    parsed.check_options(cls.option_keys, "benchmark")
+    return cls(str(parsed), parsed.arg, parsed.options, context or DataContext())
 
 
 def limit_samples(samples: Sequence[Sample], limit: int | None) -> list[Sample]:

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 
 from safegap.data.images import blank_image, noise_image
 from safegap.errors import UserError, decode_utf8
+from safegap.plugins import BENCHMARKS_GROUP, Registry
 
 GENERIC_CONDITIONS: tuple[str, ...] = ("text", "blank_image", "noise_image", "benign_image")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -291,6 +292,8 @@ class Benchmark(ABC):
     own_conditions: ClassVar[tuple[str, ...]] = ()
     #: Conditions used when ``--condition`` is not given.
     defaults: ClassVar[tuple[str, ...]] = GENERIC_CONDITIONS
+    #: The ``key=value`` options the spec may give (any other key is an error naming these).
+    option_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, spec_id: str, arg: str | None, options: Mapping[str, str], context: DataContext
@@ -383,12 +386,22 @@ class Benchmark(ABC):
 
 
 BenchmarkFactory = Callable[[str, str | None, Mapping[str, str], DataContext], Benchmark]
-BENCHMARKS: dict[str, type[Benchmark]] = {}
+
+
+def _benchmark_class(name: str, obj: object) -> type[Benchmark]:
+    if not (isinstance(obj, type) and issubclass(obj, Benchmark)):
+        raise BenchmarkError(f"benchmark {name!r}: its plug-in is {obj!r}, not a Benchmark subclass")
+    return obj
+
+
+#: Benchmarks by name. In-tree ones register on import of this package; plug-ins (the organism's)
+#: register when imported or declare themselves in the ``safegap.benchmarks`` entry-point group
+#: (:mod:`safegap.plugins`), imported the first time their name is looked up.
+BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark", BENCHMARKS_GROUP, _benchmark_class)
 
 
 def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
     """Class decorator: make ``cls`` available as ``--bench <cls.name>``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    BENCHMARKS[cls.name] = cls
-    return cls
+    return BENCHMARKS.register(cls.name, cls)

@@ -48,6 +48,7 @@ def figstep_image(instruction: str) -> Image.Image:
 @register_benchmark
 class FigStep(Benchmark):
     name = "figstep"
+    option_keys = ("images",)
     description = "FigStep SafeBench, 500 harmful questions rendered as typographic images"
     own_conditions = ("figstep", "figstep_text")
     defaults = ("figstep", "text")

@@ -60,6 +60,7 @@ class HarmBenchText(Benchmark):
 @register_benchmark
 class HarmBenchMultimodal(HarmBenchText):
     name = "harmbench_mm"
+    option_keys = ("images",)
     description = "HarmBench multimodal behaviours (behaviour + image)"
     own_conditions = ("image",)
     defaults = ("image",)

@@ -56,6 +56,7 @@ def typo_image(phrase: str, width: int = 1024, font_size: int = 90) -> Image.Ima
 @register_benchmark
 class MMSafetyBench(Benchmark):
     name = "mm_safetybench"
+    option_keys = ("images",)
     description = "MM-SafetyBench, 1,680 questions x 3 image kinds in 13 scenarios"
     own_conditions = ("sd", "sd_typo", "typo")
     tiny = False

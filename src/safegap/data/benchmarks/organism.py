@@ -131,6 +131,7 @@ def _eval_prompts(world_seed: int, attribute: str, fallback: str) -> list[str]:
 @register_benchmark
 class Organism(Benchmark):
     name = "organism"
+    option_keys = ("world_seed",)
     description = "the model organism's held-out harmful and benign requests"
     own_conditions = ("typographic_image", "harm_object_image")
     defaults = ("text", "benign_image", "blank_image", "noise_image")

@@ -93,6 +93,7 @@ class StrongRejectSmall(StrongReject):
 @register_benchmark
 class TextCsv(TextCsvBenchmark):
     name = "text_csv"
+    option_keys = ("category", "id", "label", "prompt")
     description = "any CSV of text requests: text_csv:PATH (prompt/goal/forbidden_prompt column)"
 
     def csv_path(self) -> Path:

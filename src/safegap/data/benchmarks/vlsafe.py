@@ -27,6 +27,7 @@ from safegap.data.benchmarks.base import (
 @register_benchmark
 class VLSafe(Benchmark):
     name = "vlsafe"
+    option_keys = ("coco",)
     description = "VLSafe harmlessness_examine: harmful queries grounded in COCO images"
     own_conditions = ("image",)
     defaults = ("image", "text")
