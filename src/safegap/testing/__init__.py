@@ -20,14 +20,8 @@ from safegap.testing.build import (
     load_tiny,
     tiny_text_config,
 )
-from safegap.testing.families import (
-    CAUSAL_LM_CONFIGS,
-    FAMILIES,
-    TextSpec,
-    TinyFamily,
-    causal_lm_family,
-    llava_family,
-)
+from safegap.testing.families import CAUSAL_LM_CONFIGS, FAMILIES, causal_lm_family, llava_family
+from safegap.testing.spec import TextSpec, TinyFamily
 
 __all__ = [
     "CAUSAL_LM_CONFIGS",

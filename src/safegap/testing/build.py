@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from safegap.models.tokenizer import train_tokenizer
-from safegap.testing.families import CAUSAL_LM_CONFIGS, FAMILIES, TinyFamily, causal_lm_family
+from safegap.testing.families import CAUSAL_LM_CONFIGS, FAMILIES, causal_lm_family
+from safegap.testing.spec import TinyFamily
 
 if TYPE_CHECKING:
     from safegap.models.loading import VLM
