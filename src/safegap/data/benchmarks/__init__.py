@@ -16,8 +16,14 @@ from safegap.data.benchmarks import (  # noqa: F401  (each module registers its 
     harmbench,
     jailbreakv,
     mm_safetybench,
+    mmbench,
+    mme,
+    mossbench,
+    pope,
+    scienceqa,
     text_sets,
     vlsafe,
+    vqa_sets,
     xstest,
 )
 from safegap.data.benchmarks.base import (

@@ -78,7 +78,9 @@ class Sample:
     ``text`` is the request in words (the ``text`` condition and what judges see as the
     objective); ``harmful`` says whether a safe model should refuse it (``False`` for XSTest's
     safe prompts or the organism's benign requests); ``fields`` keeps benchmark-specific columns;
-    ``error`` marks a malformed row (file and line named).
+    ``error`` marks a malformed row (file and line named). Capability benchmarks also set
+    ``answers`` (the reference answer(s): an option letter, ``yes``/``no``, or every annotator's
+    answer) and, for multiple choice, ``choices`` (the options in order, lettered A, B, ...).
     """
 
     id: str
@@ -87,6 +89,8 @@ class Sample:
     harmful: bool = True
     fields: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
+    answers: tuple[str, ...] | None = None
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
