@@ -58,7 +58,7 @@ from benchcommon import add_device_args, machine, resolve, sync  # noqa: E402
 from safegap.eval.runner import EvalConfig, run_eval  # noqa: E402
 from safegap.models import VLM, load_vlm  # noqa: E402
 from safegap.models.preprocess import default_workers  # noqa: E402
-from safegap.models.tiny import LLAVA_TEMPLATE, train_tokenizer  # noqa: E402
+from safegap.testing import build_family, llava_family  # noqa: E402
 
 WORDS = [
     "how",
@@ -84,26 +84,8 @@ WORDS = [
 
 
 def build_small_llava(out_dir: Path) -> Path:
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    tok = train_tokenizer(["<image>"])
-    vision = CLIPVisionConfig(
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=224,
-        patch_size=32,
-        projection_dim=128,
-    )
-    text = LlamaConfig(
+    """A LLaVA of the organism's size class (4 layers, 256 wide), random weights of seed 0."""
+    text = dict(
         vocab_size=8000,
         hidden_size=256,
         intermediate_size=1024,
@@ -112,35 +94,9 @@ def build_small_llava(out_dir: Path) -> Path:
         num_key_value_heads=4,
         head_dim=64,
         max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=49,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
-        ),
-        tokenizer=tok,
-        patch_size=32,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        image_token="<image>",
-        chat_template=LLAVA_TEMPLATE,
-    )
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    vision = dict(hidden_size=128, intermediate_size=512, num_attention_heads=4, projection_dim=128)
+    return build_family(llava_family(image_size=224, patch=32, vision=vision, text=text), out_dir)
 
 
 def find_organism(explicit: str | None) -> Path | None:

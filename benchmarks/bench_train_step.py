@@ -41,7 +41,7 @@ WORDS = TEXT.split()
 def build_model(root: Path) -> Path:
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from safegap.models.tiny import LLAVA_TEMPLATE, build_tiny
+    from safegap.testing import LLAVA_TEMPLATE, build_tiny
 
     tiny = build_tiny("llava", root / "tiny")
     config = LlavaConfig.from_pretrained(tiny)
@@ -94,8 +94,9 @@ def run_steps(
     """Interleave one optimizer step per regulariser per round on the same batch."""
     from safegap.models import load_vlm
     from safegap.train import LossContext, ReGapLoss, TGALoss, add_extra_losses, capture_hidden_states
+    from safegap.train.config import TrainConfig
     from safegap.train.data import AUX_KEYS, IGNORE_INDEX, ConversationEncoder, read_conversations
-    from safegap.train.trainer import TrainConfig, configure_trainable
+    from safegap.train.setup import configure_trainable
 
     vlm = load_vlm(model_dir, dtype=dtype, device=device)
     model = configure_trainable(vlm.model, vlm.adapter, TrainConfig(model="", data="", out=""))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from safegap.models import VLM
-from safegap.models.tiny import load_tiny
+from safegap.testing import load_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -14,7 +14,7 @@ import safegap
 from safegap.data.images import noise_image
 from safegap.judge.refusal import RefusalJudge
 from safegap.models import VLM
-from safegap.models.tiny import build_tiny
+from safegap.testing import build_tiny
 
 
 def test_import_is_light_and_help_shows_the_api() -> None:

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from safegap.cli.main import app
-from safegap.models.tiny import build_tiny
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 runner = CliRunner()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from safegap.cli.main import app
 from safegap.data.images import noise_image
-from safegap.models.tiny import build_tiny
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 runner = CliRunner()
@@ -177,7 +177,7 @@ def test_correlate(tmp_path: Path) -> None:
 
 
 def test_layers_on_a_text_only_model_with_the_layer_skip_check(data_file: Path, tmp_path: Path) -> None:
-    from safegap.models.tiny import build_tiny_causal_lm
+    from safegap.testing import build_tiny_causal_lm
 
     model = str(build_tiny_causal_lm(tmp_path / "lm", "qwen2"))
     out = tmp_path / "layers"

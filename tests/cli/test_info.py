@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from safegap.cli.main import app
-from safegap.models.tiny import build_tiny
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from safegap.models.tiny import build_tiny
+from safegap.testing import build_tiny
 
 CLI = "from safegap.cli.main import main; main()"
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from safegap.cli.main import app
 from safegap.data.images import noise_image
-from safegap.models.tiny import build_tiny
 from safegap.steer import ShiftVector
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 runner = CliRunner()

@@ -15,8 +15,8 @@ from safegap.cli.main import app
 from safegap.data.images import blank_image, noise_image
 from safegap.models import VLM, load_vlm
 from safegap.models.generation import generate
-from safegap.models.tiny import build_tiny
 from safegap.steer import ShiftVector, Tuning, calibrate
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 runner = CliRunner()

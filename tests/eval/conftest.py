@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from safegap.models import VLM, load_vlm
-from safegap.models.tiny import build_tiny
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"

@@ -66,11 +66,7 @@ def test_empty_generation_has_no_perplexity(tiny_vlm: Callable[[str], VLM], one_
 
 def test_perplexity_of_a_text_only_causal_lm(tmp_path: Path, one_thread: None) -> None:
     from safegap.models.loading import load_vlm
-
-    try:  # the tiny builders' home once safegap.testing lands; models.tiny before
-        from safegap.testing import build_tiny_causal_lm
-    except ImportError:
-        from safegap.models.tiny import build_tiny_causal_lm  # type: ignore[no-redef]
+    from safegap.testing import build_tiny_causal_lm
 
     lm = load_vlm(build_tiny_causal_lm(tmp_path / "lm"))
     (result,) = generation_nll(lm, ["some generated words"], ["a request"])

@@ -11,7 +11,7 @@ import torch
 from safegap.data.images import noise_image
 from safegap.gap.data import GapRecord
 from safegap.models import VLM, load_vlm
-from safegap.models.tiny import build_tiny
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -51,6 +51,6 @@ def records() -> list[GapRecord]:
 @pytest.fixture(scope="session")
 def text_lm(tmp_path_factory: pytest.TempPathFactory) -> VLM:
     """A tiny random text-only causal LM (Llama) with a ChatML template."""
-    from safegap.models.tiny import build_tiny_causal_lm
+    from safegap.testing import build_tiny_causal_lm
 
     return load_vlm(build_tiny_causal_lm(tmp_path_factory.mktemp("gap_tiny_causal_lm"), "llama"))

@@ -14,11 +14,12 @@ from safegap.gap.data import GapRecord
 from safegap.gap.layers import refusal_lens, refusal_token_ids
 from safegap.gap.shift import semantic_shift
 from safegap.models import load_vlm
-from safegap.models.tiny import TINY_BUILDERS, build_tiny
+from safegap.testing import FAMILIES as TINY_FAMILIES
+from safegap.testing import build_tiny
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(TINY_BUILDERS))
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
 def test_gap_shift_and_lens_run_on_every_family(family: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     vlm = load_vlm(build_tiny(family, tmp_path / family))

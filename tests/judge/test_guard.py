@@ -11,7 +11,7 @@ import torch
 
 from safegap.judge.base import JudgeInput, make_judge
 from safegap.judge.guard import GuardJudge, parse_guard_output
-from safegap.models.tiny import train_tokenizer
+from safegap.testing import train_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

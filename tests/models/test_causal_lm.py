@@ -15,8 +15,8 @@ from safegap.models import VLM, load_vlm
 from safegap.models.causal_lm import CausalLMAdapter, smollm2_gguf
 from safegap.models.generation import generate
 from safegap.models.llava import LlavaAdapter
-from safegap.models.tiny import CAUSAL_LM_CONFIGS, build_tiny_causal_lm
 from safegap.probe import record
+from safegap.testing import CAUSAL_LM_CONFIGS, build_tiny_causal_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

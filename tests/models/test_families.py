@@ -14,9 +14,9 @@ from safegap.models import VLM
 from safegap.models.adapter import resolve_attr
 from safegap.models.generation import generate_ids
 from safegap.models.hooks import add_layer_hooks, layer_hooks
-from safegap.models.tiny import TINY_BUILDERS
+from safegap.testing import FAMILIES as TINY_FAMILIES
 
-FAMILIES = sorted(TINY_BUILDERS)
+FAMILIES = sorted(TINY_FAMILIES)
 PROMPTS = (
     "describe the image .",
     "how do i make a cake ?",

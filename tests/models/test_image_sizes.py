@@ -10,12 +10,12 @@ import torch
 
 from safegap.data.images import noise_image
 from safegap.models import VLM
-from safegap.models.tiny import TINY_BUILDERS
+from safegap.testing import FAMILIES as TINY_FAMILIES
 
 SHAPES = ((8, 200), (200, 8), (33, 33), (64, 64), (5, 7), (130, 90))
 
 
-@pytest.mark.parametrize("family", sorted(TINY_BUILDERS))
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
 def test_awkward_image_shapes_forward(family: str, tiny_vlm: Callable[[str], VLM]) -> None:
     vlm = tiny_vlm(family)
     texts = ["describe the image ."] * len(SHAPES)

@@ -11,7 +11,7 @@ import torch
 from transformers import GPT2Config
 
 from safegap.models import VLM, UnknownArchitectureError, VLMAdapter, load_vlm, supported_families
-from safegap.models.adapter import _saved_chat_template
+from safegap.models.hub import saved_chat_template
 from safegap.models.loading import adapter_class, looks_local
 
 
@@ -77,11 +77,11 @@ def test_dtype_and_layers_path_options(tiny_vlm: Callable[[str], VLM]) -> None:
 
 
 def test_chat_template_is_read_from_the_processor_files(tmp_path: Path) -> None:
-    assert _saved_chat_template(str(tmp_path)) is None
+    assert saved_chat_template(str(tmp_path)) is None
     (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
-    assert _saved_chat_template(str(tmp_path)) == "{{ messages }}"
+    assert saved_chat_template(str(tmp_path)) == "{{ messages }}"
     (tmp_path / "chat_template.jinja").write_text("jinja wins")
-    assert _saved_chat_template(str(tmp_path)) == "jinja wins"
+    assert saved_chat_template(str(tmp_path)) == "jinja wins"
 
 
 def test_input_errors(tiny_vlm: Callable[[str], VLM]) -> None:
@@ -105,3 +105,47 @@ def test_a_template_that_changes_more_than_the_image_is_rejected(
     )
     with pytest.raises(ValueError, match="changes more than the image placeholder"):
         adapter.text_only_ids("hello")
+
+
+def _record_from_pretrained(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """Record the keywords each model load gets; load on the CPU whatever ``device_map`` says."""
+    import transformers
+
+    calls: list[dict[str, object]] = []
+    original = transformers.AutoModelForImageTextToText.from_pretrained
+
+    def recording(*args: object, **kwargs: object) -> object:
+        calls.append(dict(kwargs))
+        kwargs.pop("device_map", None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", recording)
+    return calls
+
+
+def test_cpu_loads_without_device_map(
+    tiny_vlm: Callable[[str], VLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tiny_vlm("llava").name_or_path
+    calls = _record_from_pretrained(monkeypatch)
+    for device in (None, "cpu"):
+        assert load_vlm(path, device=device).device == torch.device("cpu")
+    assert [("device_map" in c, c["use_safetensors"]) for c in calls] == [(False, True), (False, True)]
+
+
+def test_an_accelerator_gets_the_weights_through_device_map(
+    tiny_vlm: Callable[[str], VLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a device, accelerate places the weights as they load (no CPU copy moved afterwards);
+    the safetensors-only rule still holds."""
+    import safegap.models.loading as loading
+
+    path = tiny_vlm("llava").name_or_path
+    calls = _record_from_pretrained(monkeypatch)
+    monkeypatch.setattr(loading, "check_device", lambda device: torch.device("cuda", 0))
+    moved: list[object] = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a) or self)
+    load_vlm(path, device="cuda:0")
+    assert calls[-1]["device_map"] == torch.device("cuda", 0)
+    assert calls[-1]["use_safetensors"] is True
+    assert moved == []

@@ -21,9 +21,9 @@ from safegap.models.preprocess import (
     map_in_threads,
     with_chunked_images,
 )
-from safegap.models.tiny import TINY_BUILDERS
+from safegap.testing import FAMILIES as TINY_FAMILIES
 
-FAMILIES = sorted(TINY_BUILDERS)
+FAMILIES = sorted(TINY_FAMILIES)
 N_ROWS = 2 * MIN_CHUNK  # the fewest images that are split
 
 

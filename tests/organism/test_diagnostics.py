@@ -16,16 +16,16 @@ from typer.testing import CliRunner
 from safegap.cli.main import app
 from safegap.gap.data import resolve_data
 from safegap.models import VLM, load_vlm
-from safegap.models.tiny import build_tiny
 from safegap.organism.diagnostics import (
     GAP_CONDITIONS,
     condition_records,
     filler_records,
     measure_checkpoint,
     parse_source_arg,
-    seed_interval,
     stage_checkpoint,
 )
+from safegap.organism.diagnostics_aggregate import seed_interval
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 runner = CliRunner()

@@ -85,3 +85,17 @@ def test_facts_cover_every_topic(world: World) -> None:
     for split in SPLITS:
         for topic in (*world.topic_splits[split], *world.lookalike_splits[split]):
             assert topic.text in facts
+
+
+def test_world_content_is_package_data() -> None:
+    """The literal content comes from ``world.json`` beside the module (what a wheel ships)."""
+    import json
+    from importlib import resources
+
+    from safegap.organism import world
+
+    data = json.loads(resources.files("safegap.organism").joinpath("world.json").read_text("utf-8"))
+    assert [c.name for c in world.HARM_CATEGORIES] == [row["name"] for row in data["harm_categories"]]
+    assert tuple(data["request_templates"]) == world.REQUEST_TEMPLATES
+    assert all(c.harmful for c in world.HARM_CATEGORIES)
+    assert not any(c.harmful for c in world.BENIGN_CATEGORIES + world.LOOKALIKE_CATEGORIES)

@@ -13,10 +13,10 @@ from PIL import Image
 from safegap.data.images import noise_image
 from safegap.models import VLM
 from safegap.models.hooks import add_layer_hooks
-from safegap.models.tiny import TINY_BUILDERS
 from safegap.probe import last_token_index, position_mask, record
+from safegap.testing import FAMILIES as TINY_FAMILIES
 
-FAMILIES = sorted(TINY_BUILDERS)
+FAMILIES = sorted(TINY_FAMILIES)
 PROMPTS = (
     "describe the image .",
     "how do i make a cake ?",

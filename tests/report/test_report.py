@@ -21,8 +21,8 @@ from PIL import Image
 
 from safegap.eval.runner import EvalConfig, run_eval
 from safegap.models import load_vlm
-from safegap.models.tiny import build_tiny
 from safegap.report import write_report
+from safegap.testing import build_tiny
 
 if TYPE_CHECKING:
     from conftest import HeadlessChromium

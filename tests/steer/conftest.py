@@ -11,10 +11,11 @@ import torch
 
 from safegap.data.images import noise_image
 from safegap.models import VLM, load_vlm
-from safegap.models.tiny import TINY_BUILDERS, build_tiny
+from safegap.testing import FAMILIES as TINY_FAMILIES
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-FAMILIES = sorted(TINY_BUILDERS)
+FAMILIES = sorted(TINY_FAMILIES)
 
 
 @pytest.fixture(scope="session")

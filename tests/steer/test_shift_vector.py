@@ -90,7 +90,7 @@ def test_save_load_round_trip_keeps_provenance(tmp_path: Path) -> None:
     assert back.provenance == prov
     assert back.provenance.safegap_version == safegap.__version__
     assert back.diagnostics == {"vector_norm": [1.0, 2.0]}
-    assert not list(tmp_path.glob("**/*.tmp"))
+    assert not list(tmp_path.glob("**/.*.tmp*")), "the staging file of the atomic write is left"
 
 
 def test_load_rejects_missing_and_foreign_files(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from safegap.data.images import noise_image
 from safegap.models import VLM, load_vlm
-from safegap.models.tiny import build_tiny
+from safegap.testing import build_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

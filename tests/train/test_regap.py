@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from safegap.models import VLM
+from safegap.train.config import TrainConfig
 from safegap.train.data import ConversationEncoder, read_conversations
 from safegap.train.hooks import LossContext, add_extra_losses, capture_hidden_states
 from safegap.train.regap import ReGapLoss, after_image_mask, parse_regap_layers
-from safegap.train.trainer import TrainConfig, configure_trainable, find_projector
+from safegap.train.setup import configure_trainable, find_projector
 
 # Two rows of 7 positions: [text, img, img, text, text, text, pad]; row 1 has one more pad.
 IMAGE = torch.tensor([[0, 1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 from safegap.models import VLM
 from safegap.probe import record
+from safegap.train.config import TrainConfig
 from safegap.train.data import ConversationEncoder, read_conversations
 from safegap.train.hooks import LossContext, capture_hidden_states
+from safegap.train.setup import configure_trainable, find_projector
 from safegap.train.tga import TGALoss, caption_batch, encode_caption
-from safegap.train.trainer import TrainConfig, configure_trainable, find_projector
 
 LAYERS = (1, 2)
 

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 
 from safegap.models import VLM, load_vlm
 from safegap.probe import record
+from safegap.train.config import TrainConfig
 from safegap.train.data import ConversationEncoder, read_conversations
 from safegap.train.hooks import LossContext, capture_hidden_states
+from safegap.train.setup import configure_trainable, find_projector
 from safegap.train.tga import TGALoss, caption_batch
 from safegap.train.tga_rank import caption_groups, cosine_matrix, negative_mask, ranking_per_row
-from safegap.train.trainer import TrainConfig, configure_trainable, find_projector
 
 LAYERS = (1, 2)
 EXISTING_KEYS = {"tga/value", "tga/rows", "tga/cos_ic", "tga/caption_ms"}

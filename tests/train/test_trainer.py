@@ -13,7 +13,7 @@ from safegap.models import load_vlm
 from safegap.models.generation import generate
 from safegap.train import TrainConfig, train
 from safegap.train.checkpoint import list_checkpoints
-from safegap.train.trainer import find_projector, step_rows
+from safegap.train.setup import find_projector, step_rows
 
 
 def config(model: Path, data: Path, out: Path, **overrides: object) -> TrainConfig:

@@ -72,7 +72,8 @@ def train_command(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train MODEL on DATA and write an HF checkpoint to OUT."""
-    from safegap.train.trainer import TrainConfig, train
+    from safegap.train.config import TrainConfig
+    from safegap.train.trainer import train
 
     with user_errors():
         config = TrainConfig(

@@ -12,7 +12,6 @@ generated identically whichever process runs it, so the merged result equals a o
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -29,36 +28,18 @@ class ProcessGroup(Protocol):
     def barrier(self) -> None: ...
 
 
-@dataclass
-class SingleProcess:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def device(self) -> Any:
-        return None
-
-    def barrier(self) -> None:
-        return None
-
-
 class AccelerateGroup:
-    """``accelerate.PartialState`` semantics: ranks, the process's device and a barrier."""
+    """This process's place in the run, as ``accelerate.PartialState`` knows it (one process when
+    nothing launched several: no launcher needed). ``device`` is None for a lone process, so the
+    eval config's device (CPU by default) decides, as in a plain single-process run."""
 
     def __init__(self) -> None:
         import torch
         from accelerate import PartialState
 
         # Without CUDA, accelerate only forms a multi-process group when asked for CPU explicitly.
-        cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in (
-            "1",
-            "true",
-        )
-        self._state = PartialState(cpu=cpu)
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        self._state = PartialState(cpu=use_cpu or not torch.cuda.is_available())
         self.rank = int(self._state.process_index)
         self.world_size = int(self._state.num_processes)
 
@@ -68,18 +49,12 @@ class AccelerateGroup:
 
     @property
     def device(self) -> Any:
-        return self._state.device
+        return self._state.device if self.world_size > 1 else None
 
     def barrier(self) -> None:
         self._state.wait_for_everyone()
 
 
-def launched_with_several_processes() -> bool:
-    """``torchrun`` / ``accelerate launch --multi_gpu`` set WORLD_SIZE; MPI launchers their own."""
-    names = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-    return any(int(os.environ.get(name, "1") or "1") > 1 for name in names)
-
-
 def current_group() -> ProcessGroup:
-    """The accelerate group when launched with several processes, else a single process."""
-    return AccelerateGroup() if launched_with_several_processes() else SingleProcess()
+    """The process group accelerate sees (several under ``accelerate launch`` / ``torchrun``)."""
+    return AccelerateGroup()

@@ -16,6 +16,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from safegap.files import (  # noqa: F401  (re-exported: the run directory writes through them)
+    fsync_dir,
+    remove_stale_temp_files,
+    write_atomic,
+    write_json_atomic,
+)
+
 Record = dict[str, Any]
 
 
@@ -127,61 +134,6 @@ class RecordWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never half.
-    ``sync_dir=False`` leaves the directory's ``fsync`` to a following :func:`sync_dir` (one for
-    several files written together)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:  # a full disk or a signal: leave no half-written temp file
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make renames and new files in ``folder`` durable."""
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_json_atomic(path: Path, obj: Any, sync_dir: bool = True) -> None:
-    write_atomic(
-        path,
-        (json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n").encode(
-            "utf-8"
-        ),
-        sync_dir=sync_dir,
-    )
-
-
-def remove_stale_temp_files(folder: Path) -> list[Path]:
-    """Delete ``.NAME.tmpPID`` files an earlier process left in ``folder`` (a full disk or a kill
-    during :func:`write_atomic`); only called under the run's lock, so none is in use."""
-    removed = []
-    for tmp in folder.glob(".*.tmp*") if folder.is_dir() else ():
-        if tmp.is_file() and tmp.name.rpartition(".tmp")[2].isdigit():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                removed.append(tmp)
-    return removed
 
 
 def check_writable(path: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import torch
 
 import safegap
+from safegap.files import write_text_atomic
 from safegap.gap import plots
 from safegap.gap.collect import SpanFn, image_text_spans, measure_gap
 from safegap.gap.correlate import correlate, load_point
@@ -53,15 +52,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as JSON via a temporary file and a rename, so readers never see half a file."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(json_safe(obj), handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(out, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
     return out
 
 

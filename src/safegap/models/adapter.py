@@ -15,49 +15,20 @@ Two ways to build image inputs, chosen per family:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch import nn
-from transformers import (
-    AutoImageProcessor,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
-    BatchFeature,
-    PreTrainedModel,
-)
+from transformers import AutoModelForImageTextToText, BatchFeature, PreTrainedModel
 
-from safegap.models.checks import use_safetensors
+from safegap.models import hub
+from safegap.models.hub import ProcessorParts
 from safegap.models.preprocess import with_chunked_images
-
-#: Per-row images: ``None`` for an all-text batch, else one image (or ``None``) per row.
-ImagesArg = Sequence[Image.Image | None] | None
+from safegap.models.rows import PER_TOKEN_KEYS, ImagesArg, left_pad, per_row_images
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {}
-
-#: Inputs with one entry per token (``(batch, seq, ...)``): re-padded when rows are assembled.
-_PER_TOKEN_KEYS = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "mm_token_type_ids",
-    "cross_attention_mask",
-)
-
-
-@dataclass
-class ProcessorParts:
-    """Stands in for a processor that cannot be built here (it needs torchvision): the tokenizer
-    and image processor loaded separately; the adapter expands image tokens itself."""
-
-    tokenizer: Any
-    image_processor: Any
-    chat_template: str | None = None
 
 
 def register_adapter(cls: type[VLMAdapter]) -> type[VLMAdapter]:
@@ -75,37 +46,6 @@ def resolve_attr(root: Any, dotted: str) -> Any:
             raise AttributeError(f"{type(root).__name__} has no attribute path {dotted!r} (missing {part!r})")
         obj = getattr(obj, part)
     return obj
-
-
-def per_row_images(images: ImagesArg, n_rows: int) -> list[Image.Image | None]:
-    """Normalise the ``images`` argument to one entry per row, validating its length."""
-    if images is None:
-        return [None] * n_rows
-    rows = list(images)
-    if len(rows) != n_rows:
-        raise ValueError(f"got {len(rows)} images for {n_rows} texts; pass one image (or None) per text")
-    for i, img in enumerate(rows):
-        if img is not None and not isinstance(img, Image.Image):
-            raise TypeError(f"image {i} is a {type(img).__name__}, expected a PIL image or None")
-    # An RGB image is passed as it is: ``convert`` would copy it, once per row and call.
-    return [None if img is None else img if img.mode == "RGB" else img.convert("RGB") for img in rows]
-
-
-def _saved_chat_template(name_or_path: str) -> str | None:
-    """The processor's chat template file of a checkpoint (read when only the tokenizer loads)."""
-    from transformers.utils import cached_file
-
-    for filename in ("chat_template.jinja", "chat_template.json"):
-        try:
-            path = cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False)
-        except (OSError, ValueError):
-            path = None
-        if path is None:
-            continue
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        return str(json.loads(text)["chat_template"]) if filename.endswith(".json") else text
-    return None
 
 
 class VLMAdapter:
@@ -163,18 +103,17 @@ class VLMAdapter:
         dtype: torch.dtype | None = None,
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
+        device_map: torch.device | None = None,
     ) -> PreTrainedModel:
-        """The model, with ``AutoModelForImageTextToText`` (text-only families override this)."""
+        """The model, with ``AutoModelForImageTextToText`` (text-only families override this);
+        ``device_map``: where accelerate places the weights as they load (None: the CPU)."""
         if gguf_file is not None:
             raise ValueError(
                 f"{name_or_path}/{gguf_file}: GGUF files load only for text-only causal LMs "
                 f"(transformers reads GGUF for text architectures); {cls.family} is a VLM family"
             )
-        return AutoModelForImageTextToText.from_pretrained(  # type: ignore[no-any-return]
-            name_or_path,
-            dtype=dtype or "auto",
-            trust_remote_code=trust_remote_code,
-            use_safetensors=use_safetensors(),
+        return hub.load_pretrained(
+            AutoModelForImageTextToText, name_or_path, dtype, trust_remote_code, device_map
         )
 
     @classmethod
@@ -184,25 +123,8 @@ class VLMAdapter:
         """``(processor, tokenizer)``; the processor is :class:`ProcessorParts` where the real one
         cannot be built here. The tokenizer is set to left padding for batched generation.
         ``gguf_file`` is for text-only families (:meth:`load_model` refuses it for VLMs)."""
-        try:
-            processor: Any = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-            if not hasattr(processor, "tokenizer"):  # a bare tokenizer came back
-                raise TypeError("not a multimodal processor")
-        except (AttributeError, ImportError, TypeError, ValueError, OSError):
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-            try:
-                image_processor = AutoImageProcessor.from_pretrained(
-                    name_or_path, trust_remote_code=trust_remote_code
-                )
-            except (OSError, ValueError):
-                image_processor = None
-            template = getattr(tokenizer, "chat_template", None) or _saved_chat_template(name_or_path)
-            processor = ProcessorParts(tokenizer, image_processor, template)
-        tokenizer = processor.tokenizer
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return processor, tokenizer
+        processor = hub.load_processor_or_parts(name_or_path, trust_remote_code)
+        return processor, hub.left_padding(processor.tokenizer)
 
     @property
     def image_processor(self) -> Any:
@@ -354,13 +276,15 @@ class VLMAdapter:
             encoded = self._encode_image_rows([texts[i] for i in with_image], present, system)
             keep = encoded["attention_mask"].bool()
             for j, i in enumerate(with_image):
-                per_row[i] = {k: encoded[k][j][keep[j]] for k in _PER_TOKEN_KEYS if k in encoded}
+                per_row[i] = {k: encoded[k][j][keep[j]] for k in PER_TOKEN_KEYS if k in encoded}
             # Image inputs are indexed by image, not by row: the model scatters the features into
             # the image tokens in order, so text-only rows need no slot.
-            image_inputs = {k: v for k, v in encoded.items() if k not in _PER_TOKEN_KEYS}
+            image_inputs = {k: v for k, v in encoded.items() if k not in PER_TOKEN_KEYS}
         for key in (*self.drop_input_keys, "labels"):
             image_inputs.pop(key, None)
-        return self.finish_inputs(BatchFeature({**self._left_pad(per_row), **image_inputs}))
+        return self.finish_inputs(
+            BatchFeature({**left_pad(per_row, self.tokenizer.pad_token_id), **image_inputs})
+        )
 
     def text_only_ids(self, text: str, system: str | None = None) -> list[int]:
         """Token ids of the text-only prompt, split where the image prompt has its image."""
@@ -423,23 +347,6 @@ class VLMAdapter:
             expanded, return_tensors="pt", padding=True, add_special_tokens=self._add_special_tokens(expanded)
         )
         return {**encoded, **image_inputs}
-
-    def _left_pad(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Stack per-row token tensors, padding on the left (pad id for ids, 0 elsewhere)."""
-        width = max(len(r["input_ids"]) for r in rows)
-        keys = [k for k in _PER_TOKEN_KEYS if any(k in r for r in rows) and k != "attention_mask"]
-        out: dict[str, torch.Tensor] = {}
-        for key in keys:
-            template = next(r[key] for r in rows if key in r)
-            fill = self.tokenizer.pad_token_id if key == "input_ids" else 0
-            padded = template.new_full((len(rows), width, *template.shape[1:]), fill)
-            for i, r in enumerate(rows):
-                if key in r and len(r[key]):
-                    padded[i, width - len(r[key]) :] = r[key]
-            out[key] = padded
-        lengths = torch.tensor([len(r["input_ids"]) for r in rows])
-        out["attention_mask"] = (torch.arange(width) >= (width - lengths)[:, None]).long()
-        return out
 
     def _add_special_tokens(self, prompts: list[str]) -> bool:
         """Let the tokenizer add BOS only where the template did not write it (LLaVA-1.5's does not;

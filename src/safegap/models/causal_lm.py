@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchFeature, PreTrainedModel
 
+from safegap.models import hub
 from safegap.models.adapter import ImagesArg, VLMAdapter, per_row_images, register_adapter
-from safegap.models.checks import use_safetensors
 
 
 @register_adapter
@@ -46,12 +46,11 @@ class CausalLMAdapter(VLMAdapter):
         dtype: torch.dtype | None = None,
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
+        device_map: torch.device | None = None,
     ) -> PreTrainedModel:
-        extra: dict[str, Any] = (
-            {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": use_safetensors()}
-        )
-        return AutoModelForCausalLM.from_pretrained(  # type: ignore[no-any-return]
-            name_or_path, dtype=dtype or "auto", trust_remote_code=trust_remote_code, **extra
+        extra: dict[str, Any] = {"gguf_file": gguf_file, "use_safetensors": None} if gguf_file else {}
+        return hub.load_pretrained(
+            AutoModelForCausalLM, name_or_path, dtype, trust_remote_code, device_map, **extra
         )
 
     @classmethod
@@ -61,9 +60,7 @@ class CausalLMAdapter(VLMAdapter):
         """The tokenizer is the processor (left padding; pad = eos when the model has none)."""
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **extra)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        hub.left_padding(tokenizer)
         return tokenizer, tokenizer
 
     @property

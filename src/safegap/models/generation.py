@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from safegap.models.adapter import ImagesArg, per_row_images
-from safegap.models.loading import VLM
+
+if TYPE_CHECKING:
+    from safegap.models.loading import VLM
 
 
 @torch.inference_mode()

@@ -138,8 +138,11 @@ def load_vlm(
     with weight_errors(name):
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
         cls = adapter_class(config.model_type, layers_path)
-        model = cls.load_model(source, dtype, trust_remote_code, gguf_file)
-        if target is not None:
+        # an accelerator gets the weights as they load (accelerate's device_map): no full copy on
+        # the CPU first; the CPU (or no device) loads as transformers does by default
+        placement = None if target is None or target.type in ("cpu", "meta") else target
+        model = cls.load_model(source, dtype, trust_remote_code, gguf_file, device_map=placement)
+        if target is not None and placement is None:
             model.to(target)  # type: ignore[arg-type]
         model.eval()
         processor, tokenizer = cls.load_processor(source, trust_remote_code, gguf_file)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from safegap.models.tiny import LLAVA_TEMPLATE, train_tokenizer
+from safegap.models.tokenizer import LLAVA_TEMPLATE, train_tokenizer
 from safegap.organism import stages
 from safegap.organism.config import OrganismConfig
 from safegap.organism.data import tokenizer_corpus

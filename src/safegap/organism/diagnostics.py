@@ -19,9 +19,7 @@ seed-level Student-t 95 % interval (one number per seed; the seeds are the repli
 
 from __future__ import annotations
 
-import math
 import random
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +33,8 @@ from safegap.models.loading import VLM
 from safegap.organism import scenes
 from safegap.organism.build import default_cache_dir, make_world
 from safegap.organism.config import OrganismConfig
+from safegap.organism.diagnostics_aggregate import LEVEL, aggregate_stage, gap_unsafe_correlation
+from safegap.organism.diagnostics_report import markdown, write_figures
 from safegap.organism.evaluate import filler_of_length
 from safegap.organism.world import REFUSALS, SPLITS, Split, World, parse_world_spec
 
@@ -43,8 +43,6 @@ STAGES: tuple[str, ...] = ("after_stage1", "after_stage2", "final")
 IMAGE_CONDITIONS: tuple[str, ...] = ("benign_image", "blank_image", "noise_image")
 GAP_CONDITIONS: tuple[str, ...] = (*IMAGE_CONDITIONS, "text_filler")
 DEFAULT_PROMPTS = 64
-#: Confidence level of the seed-level intervals.
-LEVEL = 0.95
 
 
 # -- records ---------------------------------------------------------------------------------------
@@ -242,93 +240,6 @@ def measure_checkpoint(
     }
 
 
-# -- aggregation over seeds --------------------------------------------------------------------------
-
-
-def t_quantile(df: int, level: float = LEVEL) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.5 + level / 2, df))
-
-
-def seed_interval(
-    values: Sequence[float | None], level: float = LEVEL, probability: bool = False
-) -> dict[str, Any]:
-    """Mean over seeds with a Student-t interval (``None`` values are left out; one value: no
-    interval). ``probability``: the interval is clipped to [0, 1]."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not xs:
-        return {"mean": None, "ci": [None, None], "n": 0, "values": list(values)}
-    mean = statistics.fmean(xs)
-    if len(xs) < 2:
-        return {"mean": mean, "ci": [None, None], "n": 1, "values": list(values)}
-    half = t_quantile(len(xs) - 1, level) * statistics.stdev(xs) / math.sqrt(len(xs))
-    lo, hi = mean - half, mean + half
-    if probability:
-        lo, hi = max(lo, 0.0), min(hi, 1.0)
-    return {"mean": mean, "ci": [lo, hi], "n": len(xs), "values": list(values)}
-
-
-def _per_layer(curves: Sequence[Sequence[float]], probability: bool = False) -> dict[str, Any]:
-    columns = list(zip(*curves, strict=True))
-    ests = [seed_interval(list(c), probability=probability) for c in columns]
-    return {"mean": [e["mean"] for e in ests], "ci": [e["ci"] for e in ests]}
-
-
-def aggregate_stage(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Seed-level means and t-intervals of one stage's :func:`measure_checkpoint` results."""
-    conditions = list(runs[0]["gap"])
-    gap = {
-        c: {
-            "mir": seed_interval([r["gap"][c]["mir"] for r in runs]),
-            "mir_reference_fast": seed_interval([r["gap"][c]["mir_reference_fast"] for r in runs]),
-            "fd": _per_layer([r["gap"][c]["fd"] for r in runs]),
-        }
-        for c in conditions
-    }
-    differences = {}
-    for c in runs[0]["mir_minus_filler"]:
-        values = [r["mir_minus_filler"][c] for r in runs]
-        differences[c] = {**seed_interval(values), "seeds_positive": sum(v > 0 for v in values)}
-    bands = [r["layers"]["safety_band"] for r in runs]
-    lens = {}
-    for name in runs[0]["layers"]["conditions"]:
-        rows = [r["layers"]["conditions"][name] for r in runs]
-        lens[name] = {
-            "refusal_prob_mean": _per_layer([row["refusal_prob_mean"] for row in rows], True),
-            "refusal_top1_share": _per_layer([row["refusal_top1_share"] for row in rows], True),
-            "start_median": seed_interval([row["start"]["median"] for row in rows]),
-            "end_median": seed_interval([row["end"]["median"] for row in rows]),
-        }
-    out: dict[str, Any] = {
-        "seeds": len(runs),
-        "gap": gap,
-        "mir_minus_filler": differences,
-        "safety_band": {
-            "per_seed": [None if b is None else b["layers"] for b in bands],
-            "start": seed_interval([None if b is None else b["start"] for b in bands]),
-            "end": seed_interval([None if b is None else b["end"] for b in bands]),
-        },
-        "lens": lens,
-        "layer_skip": None,
-    }
-    skips = [r["layers"]["layer_skip"] for r in runs if r["layers"]["layer_skip"]]
-    if skips:
-        keys = ("harmful_refusal_prob", "harmful_refusal_top1", "benign_refusal_prob", "benign_refusal_top1")
-        out["layer_skip"] = {
-            "baseline": {k: seed_interval([s["baseline"][k] for s in skips], probability=True) for k in keys},
-            "skipped": [
-                {
-                    "layer": row["layer"],
-                    **{k: seed_interval([s["skipped"][i][k] for s in skips], probability=True) for k in keys},
-                }
-                for i, row in enumerate(skips[0]["skipped"])
-            ],
-            "largest_drop_layer": [s["largest_drop_layer"] for s in skips],
-        }
-    return out
-
-
 # -- the per-seed study ------------------------------------------------------------------------------
 
 #: progress(message, done, total)
@@ -434,200 +345,3 @@ def diagnose_organisms(
     if progress is not None:
         progress("done", total, total)
     return json_safe(result)  # type: ignore[no-any-return]
-
-
-#: What the correlation compares: the scene image's MIR and a first-token unsafe proxy.
-CORRELATION_METRIC = "gap.benign_image.mir"
-CORRELATION_UNSAFE = (
-    "1 - share of harmful requests with the scene image whose greedy first token is a refusal token"
-)
-
-
-def unsafe_proxy(run: dict[str, Any]) -> float | None:
-    """The first-token unsafe rate of harmful requests with the scene image (see CORRELATION_UNSAFE)."""
-    lens = run["layers"]["conditions"].get("harmful_text_image")
-    return None if lens is None else 1.0 - float(lens["refusal_top1_share"][-1])
-
-
-def gap_unsafe_correlation(result: dict[str, Any]) -> dict[str, Any]:
-    """Pearson and Spearman (bootstrap intervals, :func:`safegap.gap.correlate.correlate`) between
-    the scene image's MIR and :func:`unsafe_proxy`: across seeds per stage, and across every
-    (seed, stage) checkpoint; ``None`` with fewer than 3 points."""
-    from safegap.gap.correlate import CorrelationPoint, correlate
-
-    def points(stages: Sequence[str]) -> list[CorrelationPoint]:
-        rows = []
-        for seed in result["seeds"]:
-            for stage in stages:
-                run = result["per_seed"][str(seed)][stage]
-                unsafe = unsafe_proxy(run)
-                if "benign_image" in run["gap"] and unsafe is not None:
-                    mir = run["gap"]["benign_image"]["mir"]
-                    rows.append(CorrelationPoint(f"seed{seed} {stage}", mir, unsafe, stage))
-        return rows
-
-    def summary(rows: list[CorrelationPoint]) -> dict[str, Any] | None:
-        if len(rows) < 3:
-            return None
-        found = correlate(rows, metric_key=CORRELATION_METRIC, unsafe_key="unsafe_proxy")
-        return json_safe(found.as_dict())  # type: ignore[no-any-return]
-
-    return {
-        "metric": CORRELATION_METRIC,
-        "unsafe": CORRELATION_UNSAFE,
-        "per_stage": {stage: summary(points([stage])) for stage in result["stages"]},
-        "all_checkpoints": summary(points(result["stages"])),
-    }
-
-
-def write_figures(result: dict[str, Any], out: Path) -> list[str]:
-    """Per stage: per-layer FD of each gap condition and the lens's refusal probability per
-    condition, mean over seeds with the min-max band."""
-    from safegap.gap.plots import plot_correlation, plot_layer_curves
-
-    names = []
-    for stage in result["stages"]:
-        runs = [result["per_seed"][str(s)][stage] for s in result["seeds"]]
-        layers = runs[0]["layers"]["layers"]
-        fd = {c: [r["gap"][c]["fd"] for r in runs] for c in runs[0]["gap"]}
-        names.append(
-            plot_layer_curves(
-                layers,
-                fd,
-                out / f"fd_{stage}.png",
-                "Fréchet distance (MIR layer term)",
-                f"{stage}: modality gap",
-                log=True,
-            ).name
-        )
-        lens = {
-            c: [r["layers"]["conditions"][c]["refusal_prob_mean"] for r in runs]
-            for c in runs[0]["layers"]["conditions"]
-        }
-        names.append(
-            plot_layer_curves(
-                layers,
-                lens,
-                out / f"lens_{stage}.png",
-                "P(refusal tokens), logit lens",
-                f"{stage}: refusal by layer",
-                log=True,
-            ).name
-        )
-    pooled = result.get("correlation", {}).get("all_checkpoints")
-    if pooled:
-        p, r = pooled["pearson"], pooled["spearman"]
-        subtitle = f"all checkpoints: Pearson {_fmt(p, 2, 'r')}, Spearman {_fmt(r, 2, 'r')}"
-        names.append(
-            plot_correlation(pooled["points"], out / "correlate.png", "MIR (scene image)", subtitle).name
-        )
-    return names
-
-
-def _fmt(est: dict[str, Any] | None, digits: int = 3, key: str = "mean") -> str:
-    if not est or est.get(key) is None:
-        return "-"
-    lo, hi = est["ci"]
-    if lo is None:
-        return f"{est[key]:.{digits}f}"
-    return f"{est[key]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The tables of ``diagnose.json``: aggregates per stage, then per-seed values."""
-    seeds = result["seeds"]
-    lines = [
-        "# Organism diagnostics: modality gap and safety band",
-        "",
-        f"Seeds {seeds}; {result['settings']['records']} eval requests (half harmful); "
-        f"{result['settings']['interval']}.",
-        "",
-        "## MIR (image tokens vs text tokens after them; text filler: filler tokens vs text after them)",
-        "",
-    ]
-    conditions = result["settings"]["conditions"]
-    lines += [
-        "| stage | "
-        + " | ".join(conditions)
-        + " | "
-        + " | ".join(f"{c} - filler" for c in conditions if c != "text_filler")
-        + " |"
-    ]
-    lines += ["|---" * (len(conditions) * 2) + "|"]
-    for stage in result["stages"]:
-        agg = result["aggregate"][stage]
-        cells = [_fmt(agg["gap"][c]["mir"]) for c in conditions]
-        cells += [
-            f"{_fmt(agg['mir_minus_filler'][c])} ({agg['mir_minus_filler'][c]['seeds_positive']}/{len(seeds)} > 0)"
-            for c in conditions
-            if c != "text_filler"
-        ]
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    lines += ["", "## Safety band (logit lens, harmful text) and refusal at the output", ""]
-    lines += [
-        "| stage | band per seed | start | end | P(refusal) last layer: harmful text | harmful + scene image | benign text |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for stage in result["stages"]:
-        agg = result["aggregate"][stage]
-        lens = agg["lens"]
-
-        def last(name: str, agg_lens: dict[str, Any] = lens) -> str:
-            if name not in agg_lens:
-                return "-"
-            curve = agg_lens[name]["refusal_prob_mean"]
-            return _fmt({"mean": curve["mean"][-1], "ci": curve["ci"][-1]})
-
-        per_seed = ", ".join(
-            "-".join(map(str, (b[0], b[-1]))) if b else "none" for b in agg["safety_band"]["per_seed"]
-        )
-        lines.append(
-            f"| {stage} | {per_seed} | {_fmt(agg['safety_band']['start'], 2)} | {_fmt(agg['safety_band']['end'], 2)} | "
-            f"{last('harmful_text')} | {last('harmful_text_image')} | {last('benign_text')} |"
-        )
-    n_layers = len(result["per_seed"][str(seeds[0])][result["stages"][0]]["layers"]["layers"])
-    lines += ["", "## Logit lens: P(refusal tokens) at the last prompt position, per layer", ""]
-    lines += ["| stage | condition | " + " | ".join(f"layer {k}" for k in range(n_layers)) + " |"]
-    lines += ["|---" * (n_layers + 2) + "|"]
-    for stage in result["stages"]:
-        for name, entry in result["aggregate"][stage]["lens"].items():
-            curve = entry["refusal_prob_mean"]
-            cells = [_fmt({"mean": m, "ci": c}, 2) for m, c in zip(curve["mean"], curve["ci"], strict=True)]
-            lines.append(f"| {stage} | {name} | " + " | ".join(cells) + " |")
-    skip_stages = [s for s in result["stages"] if result["aggregate"][s]["layer_skip"]]
-    if skip_stages:
-        lines += ["", "## Layer skip: first-token refusal probability with one layer skipped", ""]
-        header = " | ".join(f"skip {k}" for k in range(n_layers))
-        lines += [f"| stage | prompts | none | {header} | largest harmful drop (per seed) |"]
-        lines += ["|---" * (n_layers + 4) + "|"]
-        for stage in skip_stages:
-            skip = result["aggregate"][stage]["layer_skip"]
-            for kind in ("harmful", "benign"):
-                key = f"{kind}_refusal_prob"
-                cells = [_fmt(skip["baseline"][key], 2), *(_fmt(row[key], 2) for row in skip["skipped"])]
-                tail = str(skip["largest_drop_layer"]) if kind == "harmful" else ""
-                lines.append(f"| {stage} | {kind} text | " + " | ".join(cells) + f" | {tail} |")
-    corr = result.get("correlation")
-    if corr:
-        lines += ["", f"## Correlation: {corr['metric']} vs unsafe proxy ({corr['unsafe']})", ""]
-        lines += [
-            "| points | n | Pearson r [95% bootstrap] | Spearman rho [95% bootstrap] |",
-            "|---|---|---|---|",
-        ]
-        for name, entry in [*corr["per_stage"].items(), ("all checkpoints", corr["all_checkpoints"])]:
-            if entry:
-                pearson, spearman = _fmt(entry["pearson"], 2, "r"), _fmt(entry["spearman"], 2, "r")
-                lines.append(f"| {name} | {entry['n']} | {pearson} | {spearman} |")
-    lines += ["", "## Per seed", ""]
-    lines += ["| seed | stage | " + " | ".join(f"MIR {c}" for c in conditions) + " | band | unsafe proxy |"]
-    lines += ["|---" * (len(conditions) + 4) + "|"]
-    for seed in seeds:
-        for stage in result["stages"]:
-            run = result["per_seed"][str(seed)][stage]
-            band = run["layers"]["safety_band"]
-            cells = [f"{run['gap'][c]['mir']:.3f}" for c in conditions]
-            unsafe = unsafe_proxy(run)
-            cells += [str(band["layers"]) if band else "none", "-" if unsafe is None else f"{unsafe:.2f}"]
-            lines.append(f"| {seed} | {stage} | " + " | ".join(cells) + " |")
-    lines += ["", f"Per-seed numbers: diagnose.json; figures: {', '.join(result.get('figures', []))}.", ""]
-    return "\n".join(lines)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from safegap.files import atomic_path
+
 
 def plot_sweep(result: dict[str, Any], path: str | Path, target: str, x: str = "mir") -> Path:
     """``target`` (a point's refusal measure) against gap measure ``x``; the sweep passes its
@@ -45,8 +47,9 @@ def plot_sweep(result: dict[str, Any], path: str | Path, target: str, x: str = "
         ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(path)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return out

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import safegap
+from safegap.files import atomic_path
 from safegap.steer.tuning import FORMS, Form, Tuning
 
 if TYPE_CHECKING:
@@ -285,12 +286,12 @@ class ShiftVector:
                 sort_keys=True,
             )
         }
-        tmp = out.with_name(out.name + ".tmp")
         try:
-            save_file(tensors, str(tmp), metadata=meta)
-            tmp.replace(out)
+            with atomic_path(out) as tmp:
+                save_file(tensors, str(tmp), metadata=meta)
+        except OSError:  # already one line naming the file
+            raise
         except Exception as exc:  # a full or read-only disk: no half file, one line naming it
-            tmp.unlink(missing_ok=True)
             raise OSError(f"cannot write {out}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
         return out
 

@@ -3,6 +3,7 @@
 The regularisers plug into any loop through :mod:`safegap.train.hooks`; see ``docs/training.md``.
 """
 
+from safegap.train.config import TrainConfig, TrainResult
 from safegap.train.hooks import (
     ExtraLoss,
     LossContext,
@@ -13,7 +14,7 @@ from safegap.train.hooks import (
 )
 from safegap.train.regap import ReGapLoss
 from safegap.train.tga import TGALoss, caption_batch
-from safegap.train.trainer import TrainConfig, TrainResult, train
+from safegap.train.trainer import train
 
 __all__ = [
     "ExtraLoss",
