@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 from safegap.data.benchmarks.base import Benchmark, ImageRef, Request, Sample
@@ -47,6 +48,19 @@ class CapabilityBenchmark(Benchmark):
 
     def image_ref(self, sample: Sample) -> ImageRef:
         return ImageRef("file", sample.fields["image_path"])
+
+    def folder(self) -> Path:
+        """The benchmark's local folder (each set names its own)."""
+        raise NotImplementedError(f"{type(self).__name__} names no folder")
+
+    def coco_dir(self) -> Path:
+        """COCO val2014 images: ``coco=``, else ``FOLDER/val2014``, else ``DATA_DIR/coco/val2014``."""
+        if "coco" in self.options:
+            return Path(self.options["coco"]).expanduser()
+        here = self.folder() / "val2014"
+        if here.is_dir() or self.context.data_dir is None:
+            return here
+        return self.context.data_dir / "coco" / "val2014"
 
 
 def declared_metric(bench: Benchmark | type[Benchmark]) -> str | None:

@@ -29,14 +29,6 @@ class Pope(CapabilityBenchmark):
     def folder(self) -> Path:
         return self.data_path("pope")
 
-    def coco_dir(self) -> Path:
-        if "coco" in self.options:
-            return Path(self.options["coco"]).expanduser()
-        here = self.folder() / "val2014"
-        if here.is_dir() or self.context.data_dir is None:
-            return here
-        return self.context.data_dir / "coco" / "val2014"
-
     def splits(self) -> tuple[str, ...]:
         split = self.options.get("split")
         if split is None:

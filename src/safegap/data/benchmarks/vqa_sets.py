@@ -94,14 +94,6 @@ class VQAv2(CapabilityBenchmark):
     def folder(self) -> Path:
         return self.data_path("vqav2")
 
-    def coco_dir(self) -> Path:
-        if "coco" in self.options:
-            return Path(self.options["coco"]).expanduser()
-        here = self.folder() / "val2014"
-        if here.is_dir() or self.context.data_dir is None:
-            return here
-        return self.context.data_dir / "coco" / "val2014"
-
     def load(self) -> list[Sample]:
         folder = self.folder()
         q_path = folder / "v2_OpenEnded_mscoco_val2014_questions.json"
