@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from safegap.eval.capability import capability_check
 from safegap.eval.cmrm import CMRMDefense
 from safegap.eval.runner import EvalConfig, EvalResult, run_eval
 from safegap.gap.data import GapRecord, resolve_data
@@ -53,10 +54,14 @@ def check_tuning_sets(harmful: Sequence[Anchor], benign: Sequence[Anchor], names
 def tune_shift(
     vlm: VLM, shift: ShiftVector, how: Tune, names: tuple[str, str] = ("harmful", "benign")
 ) -> Tuning:
-    """Choose ``shift``'s alpha and form as ``how`` says (default judge: refusal phrases)."""
+    """Choose ``shift``'s alpha and form as ``how`` says (default judge: refusal phrases; a
+    capability benchmark spec becomes its tuning set, :func:`safegap.eval.capability.capability_check`)."""
     harmful, benign = _anchors(how.harmful, "harmful"), _anchors(how.benign, "benign")
     check_tuning_sets(harmful, benign, names)
     sources = {k: v for k, v in (("harmful", how.harmful), ("benign", how.benign)) if isinstance(v, str)}
+    capability = how.capability
+    if isinstance(capability, str):
+        capability = capability_check(capability, how.capability_limit, model_path=vlm.name_or_path)
     return tune(
         vlm,
         shift,
@@ -66,6 +71,9 @@ def tune_shift(
         alphas=how.alphas,
         forms=how.forms,
         max_over_refusal_rise=how.max_over_refusal_rise,
+        max_capability_loss=how.max_capability_loss,
+        capability=capability,
+        conditions=how.conditions,
         policy=how.policy,
         max_new_tokens=how.max_new_tokens,
         batch_size=how.batch_size,

@@ -9,6 +9,7 @@ import typer
 
 from safegap.cli.common import Interrupted, console, fail, user_errors
 from safegap.eval.run_guard import RunFailed
+from safegap.selection import MAX_CAPABILITY_LOSS, MAX_OVER_REFUSAL_RISE
 
 
 def frontier_command(
@@ -41,10 +42,12 @@ def frontier_command(
         None, "--capability-metric", help="Capability metric to read (default: the one the summary names)."
     ),
     max_capability_loss: float = typer.Option(
-        0.02, "--max-capability-loss", help="Selection bound: capability loss against none (metric units)."
+        MAX_CAPABILITY_LOSS,
+        "--max-capability-loss",
+        help="Selection bound: capability loss against none (metric units).",
     ),
     max_over_refusal_rise: float = typer.Option(
-        0.05,
+        MAX_OVER_REFUSAL_RISE,
         "--max-over-refusal-rise",
         help="Selection bound: worst-condition over-refusal rise against none.",
     ),

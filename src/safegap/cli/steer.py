@@ -12,6 +12,7 @@ import typer
 
 from safegap.cli.common import console, user_errors
 from safegap.errors import finite_float
+from safegap.selection import MAX_CAPABILITY_LOSS, MAX_OVER_REFUSAL_RISE
 
 if TYPE_CHECKING:
     from safegap.steer.anchors import CorruptionKind
@@ -64,15 +65,40 @@ def calibrate_cmd(
         "--tune-benign",
         help="Benign prompts with images (an anchor spec, e.g. organism:calibration,kind=benign).",
     ),
+    tune_capability: str | None = typer.Option(
+        None,
+        "--tune-capability",
+        help="Capability benchmark the tuning also scores at each alpha (e.g. organism_vqa:n=1); "
+        "without it, capability is not checked (the tuning record says so).",
+    ),
+    tune_capability_limit: int | None = typer.Option(
+        None, "--tune-capability-limit", min=1, help="At most N samples of --tune-capability."
+    ),
+    tune_conditions: str = typer.Option(
+        "image",
+        "--tune-conditions",
+        help="Image conditions the tuning prompts are asked under (comma list of image, blank_image, "
+        "noise_image, text); the worst one counts.",
+    ),
     max_over_refusal_rise: float = typer.Option(
-        0.05, "--max-over-refusal-rise", min=0.0, help="Tuning: over-refusal allowed above alpha 0's."
+        MAX_OVER_REFUSAL_RISE,
+        "--max-over-refusal-rise",
+        min=0.0,
+        help="Tuning bound: worst-condition over-refusal allowed above alpha 0's.",
+    ),
+    max_capability_loss: float = typer.Option(
+        MAX_CAPABILITY_LOSS,
+        "--max-capability-loss",
+        min=0.0,
+        help="Tuning bound: capability loss allowed below alpha 0's (metric units; needs --tune-capability).",
     ),
 ) -> None:
     """Estimate a dataset-level CMRM shift (text-only minus corrupted image) and save it.
 
-    With --tune-harmful/--tune-benign, alpha and the vector's form are chosen on those prompts
-    (the lowest unsafe rate whose over-refusal stays within --max-over-refusal-rise of alpha 0's)
-    and stored in the file, so `safegap generate --shift FILE`, `--defense cmrm:FILE` and
+    With --tune-harmful/--tune-benign, alpha and the vector's form are chosen on those prompts by
+    the frontier's rule (the largest harmful-refusal recovery over alpha 0 whose worst-condition
+    over-refusal stays within --max-over-refusal-rise of alpha 0's and, with --tune-capability,
+    whose capability loss is at most --max-capability-loss) and stored in the file, so `safegap generate --shift FILE`, `--defense cmrm:FILE` and
     `shift.apply()` all apply the vector as tuned."""
     from safegap.api import tune_shift
     from safegap.eval.records import check_writable
@@ -80,7 +106,7 @@ def calibrate_cmd(
     from safegap.specs import check_layers
     from safegap.steer.anchors import load_anchors
     from safegap.steer.calibrate import ESTIMATORS, calibrate, check_read_at
-    from safegap.steer.sweep import Tune
+    from safegap.steer.sweep import Tune, check_conditions
 
     with user_errors():
         if corrupt not in ("blank", "noise"):
@@ -94,6 +120,8 @@ def calibrate_cmd(
         check_writable(out)
         if (tune_harmful is None) != (tune_benign is None):
             raise ValueError("give both --tune-harmful and --tune-benign, or neither")
+        if tune_harmful is None and (tune_capability is not None or tune_conditions != "image"):
+            raise ValueError("--tune-capability and --tune-conditions need --tune-harmful and --tune-benign")
         items = load_anchors(anchors, text_column, image_column, limit)
         how = None
         if tune_harmful is not None and tune_benign is not None:
@@ -102,6 +130,10 @@ def calibrate_cmd(
                 load_anchors(tune_benign, text_column, image_column),
                 max_over_refusal_rise=max_over_refusal_rise,
                 batch_size=batch_size,
+                capability=tune_capability,
+                capability_limit=tune_capability_limit,
+                max_capability_loss=max_capability_loss,
+                conditions=check_conditions(tune_conditions.split(",")),
             )
             from safegap.api import check_tuning_sets
 
