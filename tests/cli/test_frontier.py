@@ -96,6 +96,8 @@ def test_frontier_on_a_scaled_organism(tmp_path: Path) -> None:
         "all",
     }
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.html").read_text(encoding="utf-8")  # the run's report shows the frontier
+    assert '<section id="frontier">' in report and report.count('<tr class="pareto') == len(data["pareto"])
     summary = json.loads((out / "run" / "summary.json").read_text(encoding="utf-8"))
     assert {r["defense"] for r in summary["metrics"]} == set(defenses)
     # a finished grid is not run again

@@ -141,3 +141,60 @@ def test_report_renders_in_headless_chromium(
     assert image.size == (1280, 1600)
     dark = int((np.asarray(image) < 128).sum())
     assert dark > 5000, "the screenshot shows rendered text and tables"
+
+
+def _frontier_folder(run_dir: Path, tmp_path: Path) -> Path:
+    """``safegap frontier``'s layout (OUT/run, OUT/frontier.json, OUT/frontier.png), the points
+    written here: cmrm at two alphas, one of them chosen; the other dominated."""
+    import shutil
+
+    from safegap.eval.frontier import Estimate, Point, frontier_json, pareto_front, plot_frontier, select
+
+    out = tmp_path / "frontier"
+    shutil.copytree(run_dir, out / "run")
+
+    def est(m: float) -> Estimate:
+        return Estimate(m, m - 0.05, m + 0.05, "organism:image")
+
+    points = [
+        Point("none", "none", None, est(0.2), est(0.1), est(0.9), "accuracy"),
+        Point("cmrm:s,alpha=0.5", "cmrm:s", 0.5, est(0.6), est(0.12), est(0.89), "accuracy"),
+        Point("cmrm:s,alpha=2", "cmrm:s", 2.0, est(0.5), est(0.4), est(0.5), "accuracy"),
+    ]
+    points = pareto_front(points, "capability")
+    data = frontier_json(points, "capability", {"all": select(points)}, {"model": "m"})
+    (out / "frontier.json").write_text(json.dumps(data), encoding="utf-8")
+    plot_frontier(points, "capability", out / "frontier.png")
+    return out
+
+
+def test_report_renders_the_frontier_in_headless_chromium(
+    run_dir: Path, tmp_path: Path, headless_chromium: HeadlessChromium
+) -> None:
+    headless_chromium.binary()
+    out = _frontier_folder(run_dir, tmp_path)
+    report = write_report(out / "run", out / "report.html")
+    html = report.read_text(encoding="utf-8")
+    plot = re.search(r'id="frontier-plot" alt="frontier" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert plot is not None
+    assert base64.b64decode(plot.group(1)) == (out / "frontier.png").read_bytes()
+    dom = headless_chromium.run(report.resolve().as_uri(), "--dump-dom", profile="profile-frontier")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+    assert re.search(r'<div id="js-errors" hidden="">\s*</div>', page), "script errors were reported"
+    assert '<div id="report-ready"' in page and '<section id="frontier">' in page
+    rows = re.findall(r'<tr class="([^"]*)"><td>([^<]+)</td>', page.split('<table class="frontier">')[1])
+    assert rows == [("pareto", "none"), ("pareto chosen", "cmrm:s,alpha=0.5"), ("", "cmrm:s,alpha=2")]
+    assert "Chosen by the rule in frontier.json: <b>cmrm:s,alpha=0.5</b>" in page
+    # the plot decodes and draws in the browser: a screenshot at the frontier is not blank
+    shot = tmp_path / "frontier.png"
+    done = headless_chromium.run(
+        report.resolve().as_uri() + "#frontier",
+        f"--screenshot={shot}",
+        "--window-size=1000,900",
+        profile="profile-frontier-shot",
+    )
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    assert int((np.asarray(Image.open(shot).convert("L")) < 128).sum()) > 2000
+    plain = write_report(run_dir, tmp_path / "plain.html").read_text(encoding="utf-8")
+    assert 'id="frontier"' not in plain  # a run without a frontier shows none

@@ -176,7 +176,10 @@ def frontier_command(
         )
     chosen = selections["all"].chosen
     console.print(f"selected (rule in frontier.json): {chosen.defense}", highlight=False)
-    console.print(f"wrote {root / 'frontier.json'} and {root / 'frontier.png'}", highlight=False)
+    from safegap.report import write_report
+
+    report = write_report(root / "run", root / "report.html")
+    console.print(f"wrote {root / 'frontier.json'}, {root / 'frontier.png'} and {report}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

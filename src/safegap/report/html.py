@@ -51,6 +51,7 @@ table.run td{overflow-wrap:anywhere;max-width:60em}
 th,td{border:1px solid #d3dae3;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#eef2f7}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .ci{color:#6b7685;font-size:.85em}nav a{margin-right:1em}
+tr.pareto td:first-child{font-weight:bold}tr.chosen{background:#eaf6ea}
 img.plot{max-width:100%;border:1px solid #e4e8ee;margin:.5em 0}
 #sample-table{table-layout:fixed;width:100%}
 #sample-table td,#sample-table th{overflow-wrap:anywhere}
@@ -281,7 +282,74 @@ def samples_section(records: Sequence[Row], max_samples: int) -> str:
     )
 
 
-def build_report(run_dir: Path, summary: Row, records: Sequence[Row], max_samples: int = 5000) -> str:
+def _cell(value: Row | None) -> str:
+    return "-" if not value else fmt_estimate(value)
+
+
+def frontier_section(data: Row, png: bytes | None) -> str:
+    """The safety-utility frontier of ``safegap frontier`` (``frontier.json`` and its plot): the
+    plot, then one row per point, Pareto-front points flagged and the rule's choice marked."""
+    import base64
+
+    chosen = ((data.get("selection") or {}).get("all") or {}).get("chosen")
+    x = data.get("x") or {}
+    rows = []
+    for p in data.get("points", []):
+        marks = [m for m, on in (("pareto", p.get("pareto")), ("chosen", p["defense"] == chosen)) if on]
+        rows.append(
+            (
+                marks,
+                [
+                    e(p["defense"]),
+                    e("-" if p.get("alpha") is None else f"{p['alpha']:g}"),
+                    _cell(p.get("harmful_refusal")),
+                    _cell(p.get("over_refusal")),
+                    _cell(p.get("capability")),
+                    e("yes" if p.get("pareto") else ""),
+                    e("chosen" if p["defense"] == chosen else ""),
+                ],
+            )
+        )
+    head = ["defense", "alpha", "harmful refusal", "over-refusal", "capability", "Pareto front", "rule"]
+    body = "".join(
+        f'<tr class="{" ".join(marks)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        for marks, cells in rows
+    )
+    parts = ['<section id="frontier"><h2>Safety-utility frontier</h2>']
+    parts.append(
+        f"<p class='muted'>x: {e(x.get('label', ''))}; y: harmful refusal (worst condition). "
+        f"Chosen by the rule in frontier.json: <b>{e(chosen or '-')}</b>.</p>"
+    )
+    if png:
+        b64 = base64.b64encode(png).decode("ascii")
+        parts.append(
+            f'<img class="plot" id="frontier-plot" alt="frontier" src="data:image/png;base64,{b64}">'
+        )
+    parts.append(
+        '<table class="frontier"><tr>' + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr>{body}</table>"
+    )
+    return "".join(parts) + "</section>"
+
+
+def find_frontier(run_dir: Path) -> tuple[Row, bytes | None] | None:
+    """``frontier.json`` (and ``frontier.png``) beside a run or one folder up (``safegap frontier``
+    writes them to OUT and the run to OUT/run), or None."""
+    for folder in (run_dir, run_dir.parent):
+        path = folder / "frontier.json"
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            png = folder / "frontier.png"
+            return data, png.read_bytes() if png.is_file() else None
+    return None
+
+
+def build_report(
+    run_dir: Path,
+    summary: Row,
+    records: Sequence[Row],
+    max_samples: int = 5000,
+    frontier: tuple[Row, bytes | None] | None = None,
+) -> str:
     metrics: list[Row] = summary.get("metrics", [])
     run = summary.get("run", {})
     benches = list(dict.fromkeys(r["benchmark"] for r in metrics))
@@ -293,7 +361,11 @@ def build_report(run_dir: Path, summary: Row, records: Sequence[Row], max_sample
         + "</section>"
     )
     nav = "".join(f'<a href="#bench-{_slug(b)}">{e(b)}</a>' for b in benches)
+    if frontier is not None:
+        nav = "<a href='#frontier'>frontier</a>" + nav
     parts.append(f"<nav>{nav}<a href='#samples'>samples</a></nav>")
+    if frontier is not None:
+        parts.append(frontier_section(*frontier))
     for bench in benches:
         rows = [r for r in metrics if r["benchmark"] == bench]
         section = [
@@ -409,7 +481,8 @@ def build_report(run_dir: Path, summary: Row, records: Sequence[Row], max_sample
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, max_samples: int = 5000) -> Path:
-    """Write the report for ``run_dir`` (default ``run_dir/report.html``) and return its path."""
+    """Write the report for ``run_dir`` (default ``run_dir/report.html``) and return its path; a
+    frontier beside the run (:func:`find_frontier`) is shown first."""
     folder = Path(run_dir)
     summary_path = folder / "summary.json"
     if not summary_path.is_file():
@@ -420,5 +493,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, max_samples
         raise ValueError(f"{summary_path}: not valid JSON ({exc})") from exc
     records = read_records(folder / "samples.jsonl")
     target = Path(out) if out is not None else folder / "report.html"
-    target.write_text(build_report(folder, summary, records, max_samples), encoding="utf-8")
+    report = build_report(folder, summary, records, max_samples, find_frontier(folder))
+    target.write_text(report, encoding="utf-8")
     return target
