@@ -35,6 +35,21 @@ def test_cmrm_step_alone_needs_an_organism(tmp_path: Path) -> None:
     assert "run the demo's degradation step first" in " ".join(result.output.split())
 
 
+def test_frontier_step_alone_needs_an_organism(tmp_path: Path) -> None:
+    args = [
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--steps",
+        "frontier",
+        "--cache-dir",
+        str(tmp_path / "none"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "(--steps degradation,frontier)" in " ".join(result.output.split())
+
+
 def test_gap_step_alone_needs_an_organism(tmp_path: Path) -> None:
     args = ["demo", "--out", str(tmp_path / "demo"), "--steps", "gap", "--cache-dir", str(tmp_path / "none")]
     result = CliRunner().invoke(app, args)
@@ -96,7 +111,8 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
     assert "premises of the organism" in result.output
     assert (out / "degradation" / "study.md").read_text().startswith("# Organism degradation study")
     summary = json.loads((out / "demo.json").read_text())
-    assert summary["steps"] == ["degradation", "gap", "cmrm"] and Path(summary["organism_path"]).is_dir()
+    assert summary["steps"] == ["degradation", "gap", "cmrm", "frontier"]
+    assert Path(summary["organism_path"]).is_dir()
     # the gap step: image vs text-filler MIR and the safety band on the after-stage-2 snapshot
     gap = json.loads((out / "gap" / "gap.json").read_text())
     assert gap["checkpoint"] == str(Path(summary["organism_path"]) / "stages" / "after_stage2")
@@ -131,6 +147,24 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
         (c, d) for c in ("text", "benign_image", "blank_image") for d in cmrm["defenses"]
     }
     assert "organism before / after CMRM" in result.output
+    # the frontier step: every defense family on one frontier, with the rule's choice and report
+    frontier = json.loads((out / "frontier" / "frontier.json").read_text())
+    assert summary["frontier"] == str(out / "frontier" / "frontier.json")
+    families = {p["family"] for p in frontier["points"]}
+    assert {f.split(":")[0] for f in families} == {
+        "none",
+        "cmrm",
+        "cmrm_sample",
+        "vlm_guard",
+        "refusal_direction",
+    }
+    assert sorted(p["alpha"] for p in frontier["points"] if p["family"] == "cmrm_sample") == [0.5, 1.0, 2.0]
+    assert frontier["utility"] == ["organism_vqa:n=1"] and frontier["pareto"]
+    assert all(p["capability"] is not None for p in frontier["points"])  # x: organism_vqa accuracy
+    assert frontier["selection"]["all"]["chosen"] in {p["defense"] for p in frontier["points"]}
+    assert (out / "frontier" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert '<section id="frontier">' in (out / "frontier" / "report.html").read_text(encoding="utf-8")
+    assert "on the Pareto front; the rule picks" in " ".join(result.output.split())
     # a second run reuses the cached organism instead of training again
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output

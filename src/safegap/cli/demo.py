@@ -94,6 +94,14 @@ def step_cmrm(ctx: DemoContext) -> None:
     run_cmrm_report(ctx)
 
 
+def step_frontier(ctx: DemoContext) -> None:
+    """The safety-utility frontier of none, cmrm (alpha grid), cmrm_sample and the two peer
+    defenses on the organism (``safegap frontier``; ``safegap.cli.demo_frontier``)."""
+    from safegap.cli.demo_frontier import run_frontier_step
+
+    run_frontier_step(ctx)
+
+
 def step_train(ctx: DemoContext) -> None:
     """Train a ReGap and a TGA organism for the seed and show them beside the plain one."""
     from safegap.cli.organism import variants_table
@@ -126,6 +134,7 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("degradation", "safety degradation of the model organism", step_degradation),
     DemoStep("gap", "modality gap and safety band after stage 2", step_gap),
     DemoStep("cmrm", "the organism before and after CMRM: evaluation and report", step_cmrm),
+    DemoStep("frontier", "the safety-utility frontier of every defense", step_frontier),
 ]
 
 
@@ -172,6 +181,7 @@ def demo(
             "seed": seed,
             "organism_path": ctx.state.get("organism_path"),
             "cmrm_report": ctx.state.get("cmrm_report"),
+            "frontier": ctx.state.get("frontier"),
         }
         (out / "demo.json").write_text(json.dumps(summary, indent=1))
     console.print(f"demo results in {out}")
