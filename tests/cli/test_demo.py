@@ -160,7 +160,11 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
     }
     assert sorted(p["alpha"] for p in frontier["points"] if p["family"] == "cmrm_sample") == [0.5, 1.0, 2.0]
     assert frontier["utility"] == ["organism_vqa:n=1"] and frontier["pareto"]
-    assert all(p["capability"] is not None for p in frontier["points"])  # x: organism_vqa accuracy
+    # organism_vqa accuracy is measured for the baseline; x is capability only when every point
+    # has it (a strong edit can leave every reply empty: unscored, so no capability cell)
+    assert frontier["points"][0]["defense"] == "none" and frontier["points"][0]["capability"] is not None
+    has_all = all(p["capability"] is not None for p in frontier["points"])
+    assert frontier["x"]["axis"] == ("capability" if has_all else "over_refusal")
     assert frontier["selection"]["all"]["chosen"] in {p["defense"] for p in frontier["points"]}
     assert (out / "frontier" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert '<section id="frontier">' in (out / "frontier" / "report.html").read_text(encoding="utf-8")

@@ -199,3 +199,61 @@ def test_cli_eval_scores_a_pope_fixture(tiny_llava_path: Path, tmp_path: Path) -
     assert all(r["fluency"]["tokens"] > 0 and r["fluency"]["nll"] > 0 for r in records)
     assert json.loads((out / "config.json").read_text())["perplexity"] is True
     assert "accuracy" in result.output and "chance" in result.output  # the table column (wraps at 80)
+
+
+def _scored_record(
+    bench: str, defense: str, sid: str, category: str, scorer: str, value: float, group: str
+) -> dict:
+    return {
+        "benchmark": bench, "condition": "image", "defense": defense, "sample_id": sid,
+        "category": category, "score": {"metric": scorer, "name": "accuracy", "value": value, "group": group},
+    }  # fmt: skip
+
+
+def test_capability_totals_sum_mme_and_score_mmbench_circularly_per_defense() -> None:
+    from safegap.eval.metrics import capability_totals
+
+    # MME: one subtask, two images with two questions each; "none" gets 3 of 4, one image both
+    mme = [
+        _scored_record("mme", "none", "a1", "color", "mme", 1.0, "img_a"),
+        _scored_record("mme", "none", "a2", "color", "mme", 1.0, "img_a"),
+        _scored_record("mme", "none", "b1", "color", "mme", 1.0, "img_b"),
+        _scored_record("mme", "none", "b2", "color", "mme", 0.0, "img_b"),
+        _scored_record("mme", "cmrm", "a1", "color", "mme", 0.0, "img_a"),
+        _scored_record("mme", "cmrm", "a2", "color", "mme", 0.0, "img_a"),
+        _scored_record("mme", "cmrm", "b1", "color", "mme", 1.0, "img_b"),
+        _scored_record("mme", "cmrm", "b2", "color", "mme", 1.0, "img_b"),
+    ]
+    # MMBench circular: question q1 in two rotations (one wrong), q2 in two (both right)
+    mmb = [
+        _scored_record("mmbench", "none", f"{q}r{k}", "x", "choice", v, q)
+        for q, k, v in (("q1", 0, 1.0), ("q1", 1, 0.0), ("q2", 0, 1.0), ("q2", 1, 1.0))
+    ]
+    rows = {(r["benchmark"], r["defense"]): r for r in capability_totals([*mme, *mmb])}
+    none = rows["mme", "none"]
+    assert none["perception"] == pytest.approx(75.0 + 50.0) and none["cognition"] == 0.0
+    assert none["total"] == none["perception"] and none["subtasks"] == {"color": pytest.approx(125.0)}
+    assert "position" in none["subtasks_missing"] and none["n"] == 4
+    assert rows["mme", "cmrm"]["perception"] == pytest.approx(50.0 + 50.0)
+    circ = rows["mmbench", "none"]
+    assert circ["accuracy"] == 0.75 and circ["circular_accuracy"] == 0.5
+
+
+def test_mme_and_choice_records_carry_their_group() -> None:
+    from safegap.data.benchmarks.base import Sample
+    from safegap.eval.scoring.records import record_score
+
+    class Bench:
+        metric = "mme"
+        options: dict = {}
+
+    sample = Sample(
+        id="s1",
+        text="Is it red?",
+        category="color",
+        harmful=False,
+        answers=("yes",),
+        fields={"image": "i.png"},
+    )
+    entry = record_score({"generation": "Yes."}, Bench(), sample)  # type: ignore[arg-type]
+    assert entry is not None and entry["group"] == "i.png" and entry["value"] == 1.0

@@ -303,6 +303,51 @@ def summarize(
     capability = capability_benchmarks(records)
     if capability:
         out["capability"] = capability
+    totals = capability_totals(records)
+    if totals:
+        out["capability_totals"] = totals
+    return out
+
+
+def capability_totals(records: Sequence[Record]) -> list[Record]:
+    """Per benchmark x condition x defense, the benchmark's own headline totals where they are
+    more than a mean of per-sample values: MME's summed ``perception`` / ``cognition`` /
+    ``total`` scores (acc + acc+ per subtask, summed; ``subtasks_missing`` lists absent subtasks,
+    whose sums are then partial) and multiple choice's ``accuracy`` and, when questions were
+    asked in several rotations, MMBench's ``circular_accuracy``. Unscored records are left out
+    (``n`` counts the scored ones)."""
+    from safegap.eval.scoring.choice import circular_accuracy
+    from safegap.eval.scoring.yesno import MmeAnswer, mme_scores
+
+    out: list[Record] = []
+    groups = _group(records, lambda r: (r["benchmark"], r["condition"], r["defense"]))
+    for (bench, condition, defense), rows in groups.items():
+        scored = [r for r in rows if isinstance(r.get("score"), dict) and r["score"].get("value") is not None]
+        scorer = scored[0]["score"]["metric"] if scored else None
+        if scorer not in ("mme", "choice"):
+            continue
+        row: Record = {"benchmark": bench, "condition": condition, "defense": defense, "scorer": scorer}
+        row["n"] = len(scored)
+        right = [float(r["score"]["value"]) == 1.0 for r in scored]
+        keys = [str(r["score"].get("group", r["sample_id"])) for r in scored]
+        if scorer == "mme":
+            answers = [
+                MmeAnswer(r["category"], key, "yes", "yes" if ok else "no")
+                for r, key, ok in zip(scored, keys, right, strict=True)
+            ]
+            mme = mme_scores(answers)
+            row |= {
+                "perception": mme.perception,
+                "cognition": mme.cognition,
+                "total": mme.total,
+                "subtasks": {t: sub.score for t, sub in mme.subtasks.items()},
+                "subtasks_missing": list(mme.missing),
+            }
+        else:
+            row["accuracy"] = sum(right) / len(right)
+            if len(set(keys)) < len(keys):
+                row["circular_accuracy"] = circular_accuracy(keys, right)
+        out.append(row)
     return out
 
 

@@ -9,6 +9,8 @@ benchmark that declares a capability metric (``declared_metric``: ``choice``, ``
 
 ``name`` is what the mean of the values is called in the summary, ``chance`` the sample's
 expected value under uniform guessing (``null`` where undefined, e.g. open-ended VQA).
+MME and multiple-choice records also carry ``group`` (the image an MME question asks about;
+the question an MMBench rotation belongs to), so the summary can total them.
 ``value`` is ``null`` for a record that has no reply to score (the generation failed, was
 empty, or the sample was malformed); those count as errors, never as wrong answers. Benchmarks
 whose metric is not a scorer (MOSSBench's ``over_refusal``, read off the judge) and the safety
@@ -25,6 +27,9 @@ from safegap.data.benchmarks.capability import declared_metric
 from safegap.eval.scoring import SCORERS
 
 Record = dict[str, Any]
+#: Scorers whose headline totals group records: MME's acc+ by image, MMBench's circular accuracy
+#: by question (``score["group"]``, read by :func:`safegap.eval.metrics.capability_totals`).
+GROUPED = {"mme": "image", "choice": "group"}
 
 
 def scoring_options(bench: Benchmark) -> Mapping[str, str]:
@@ -42,6 +47,8 @@ def record_score(record: Record, bench: Benchmark, sample: Sample) -> dict[str, 
         return None
     out: dict[str, Any] = {"metric": scorer.name, "name": scorer.value_name, "value": None}
     out["chance"] = scorer.sample_chance(sample) if sample.error is None and sample.answers else None
+    if scorer.name in GROUPED:  # what the benchmark's totals group by (MME's acc+, circular accuracy)
+        out["group"] = sample.fields.get(GROUPED[scorer.name], sample.id)
     reply = record.get("generation")
     if record.get("error") or sample.error is not None or not isinstance(reply, str) or not reply.strip():
         return out
