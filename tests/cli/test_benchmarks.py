@@ -125,3 +125,20 @@ def test_a_wrong_images_folder_stops_the_cli_before_the_model(tmp_path: Path) ->
     assert result.exit_code == 2, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "none of its 1 image(s) exist" in errors[0], result.stderr
+
+
+CAPABILITY = ["mmbench", "mme", "mossbench", "pope", "scienceqa_img", "textvqa", "vqav2"]
+CAPABILITY += ["organism_vqa", "organism_caption"]
+
+
+@pytest.mark.parametrize("name", CAPABILITY)
+def test_capability_and_organism_benchmarks_show_layout_and_options(name: str) -> None:
+    cls = BENCHMARKS[name]
+    assert cls.layout, f"{name} has no layout"
+    assert set(cls.option_help) == set(cls.option_keys) and all(cls.option_help.values()), name
+    result = runner.invoke(app, ["benchmarks", name], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "files -" not in flat and cls.layout.split()[0] in flat
+    for key in cls.option_keys:
+        assert f"{key}=" in flat, f"{name}: {key}= not shown"

@@ -113,7 +113,12 @@ def visual_objects() -> list[str]:
 class _OrganismImages(CapabilityBenchmark):
     """Shared: the ``seed`` / ``n`` options and drawing a sample's image from its own stream."""
 
-    option_keys = ("seed", "n", "instruction")
+    option_help = {
+        "seed": "which organism's training images to keep out (its build seed; default 0)",
+        "n": "images per object, and scene-count multiplier (default 3)",
+        "instruction": "answer instruction appended to each question (default: none)",
+    }
+    layout = "drawn, no files: the organism world's objects and coloured-shape scenes, held out from training"
     answer_instruction = ""  # the organism knows no answer-format instruction
 
     def _int_option(self, key: str, default: int, minimum: int) -> int:

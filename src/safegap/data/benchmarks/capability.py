@@ -23,6 +23,9 @@ from safegap.data.benchmarks.base import Benchmark, ImageRef, Request, Sample
 #: LLaVA's evaluation prompts, the usual convention for these sets.
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+#: ``safegap benchmarks``' help for the option every capability loader takes.
+INSTRUCTION_HELP = "answer instruction appended to each question (none: no instruction)"
+COCO_HELP = "folder of COCO val2014 images (default FOLDER/val2014, else DATA/coco/val2014)"
 
 
 class CapabilityBenchmark(Benchmark):

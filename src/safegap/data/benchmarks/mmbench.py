@@ -34,6 +34,7 @@ from safegap.data.benchmarks.base import (
     register_benchmark,
 )
 from safegap.data.benchmarks.capability import (
+    INSTRUCTION_HELP,
     LETTER_ANSWER,
     CapabilityBenchmark,
     all_benign,
@@ -120,7 +121,14 @@ def read_row_at(path: Path, offset: int) -> dict[str, str]:
 @register_benchmark
 class MMBench(CapabilityBenchmark):
     name = "mmbench"
-    option_keys = ("instruction", "circular")
+    option_help = {
+        "instruction": INSTRUCTION_HELP,
+        "circular": "true: ask every rotation of the options; right only if all are (default false)",
+    }
+    layout = (
+        "<data>/mmbench/MMBench_DEV_EN.tsv (index, question, A, B, [C, D...], answer, image as base64, "
+        "[hint, category]); NAME:PATH for another MMBench TSV"
+    )
     description = "MMBench multiple choice (TSV, base64 images); circular=true for circular evaluation"
     metric = "choice"
     answer_instruction = LETTER_ANSWER

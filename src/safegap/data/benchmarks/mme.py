@@ -20,7 +20,7 @@ from safegap.data.benchmarks.base import (
     SampleBuilder,
     register_benchmark,
 )
-from safegap.data.benchmarks.capability import CapabilityBenchmark, all_benign
+from safegap.data.benchmarks.capability import INSTRUCTION_HELP, CapabilityBenchmark, all_benign
 from safegap.errors import UserError, decode_utf8
 
 #: MME's subtasks, under the folder names of its release; perception sums ten, cognition four.
@@ -50,7 +50,11 @@ def _image_for(folder: Path, stem: str) -> Path | None:
 @register_benchmark
 class MME(CapabilityBenchmark):
     name = "mme"
-    option_keys = ("instruction",)
+    option_help = {"instruction": INSTRUCTION_HELP}
+    layout = (
+        "<data>/mme/<subtask>/ (MME_Benchmark_release_version): images and <stem>.txt question files "
+        "(question<TAB>Yes|No), or images/ + questions_answers_YN/"
+    )
     description = "MME perception (10 subtasks) and cognition (4): acc, acc+, summed scores"
     metric = "mme"
 

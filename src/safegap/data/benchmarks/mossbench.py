@@ -44,6 +44,10 @@ FLAGS = ("human", "child", "syn", "ocr")
 @register_benchmark
 class MOSSBench(Benchmark):
     name = "mossbench"
+    layout = (
+        "<data>/mossbench/images_information/information.json (pid, question, image, metadata.over) "
+        "and <data>/mossbench/images/ (the MOSSBench repository's data/ folder)"
+    )
     description = "MOSSBench: 300 benign queries with images that look harmful (over-refusal)"
     own_conditions = ("image",)
     defaults = ("image", "text")

@@ -13,7 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from safegap.data.benchmarks.base import BenchmarkError, Sample, SampleBuilder, read_jsonl, register_benchmark
-from safegap.data.benchmarks.capability import SHORT_ANSWER, CapabilityBenchmark, all_benign
+from safegap.data.benchmarks.capability import (
+    COCO_HELP,
+    INSTRUCTION_HELP,
+    SHORT_ANSWER,
+    CapabilityBenchmark,
+    all_benign,
+)
 
 SPLITS = ("random", "popular", "adversarial")
 
@@ -21,7 +27,15 @@ SPLITS = ("random", "popular", "adversarial")
 @register_benchmark
 class Pope(CapabilityBenchmark):
     name = "pope"
-    option_keys = ("instruction", "split", "coco")
+    option_help = {
+        "instruction": INSTRUCTION_HELP,
+        "split": "random, popular or adversarial (default: all three, category = split)",
+        "coco": COCO_HELP,
+    }
+    layout = (
+        "<data>/pope/coco_pope_{random,popular,adversarial}.json (JSON lines: question_id, image, text, "
+        "label) and COCO val2014 images in <data>/pope/val2014/"
+    )
     description = "POPE object-hallucination yes/no questions on COCO (accuracy, F1, yes-ratio)"
     metric = "pope"
     answer_instruction = SHORT_ANSWER

@@ -13,13 +13,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from safegap.data.benchmarks.base import BenchmarkError, Sample, SampleBuilder, read_json, register_benchmark
-from safegap.data.benchmarks.capability import LETTER_ANSWER, CapabilityBenchmark, all_benign, lettered
+from safegap.data.benchmarks.capability import (
+    INSTRUCTION_HELP,
+    LETTER_ANSWER,
+    CapabilityBenchmark,
+    all_benign,
+    lettered,
+)
 
 
 @register_benchmark
 class ScienceQAImg(CapabilityBenchmark):
     name = "scienceqa_img"
-    option_keys = ("instruction", "split")
+    option_help = {
+        "instruction": INSTRUCTION_HELP,
+        "split": "train, val or test (default test)",
+    }
+    layout = (
+        "<data>/scienceqa/problems.json, pid_splits.json and images/<split>/<id>/image.png "
+        "(problems with an image only)"
+    )
     description = "ScienceQA-IMG: multiple-choice science questions with an image (accuracy)"
     metric = "choice"
     answer_instruction = LETTER_ANSWER

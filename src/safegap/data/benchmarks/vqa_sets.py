@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from safegap.data.benchmarks.base import BenchmarkError, Sample, SampleBuilder, read_json, register_benchmark
-from safegap.data.benchmarks.capability import SHORT_ANSWER, CapabilityBenchmark, all_benign
+from safegap.data.benchmarks.capability import (
+    COCO_HELP,
+    INSTRUCTION_HELP,
+    SHORT_ANSWER,
+    CapabilityBenchmark,
+    all_benign,
+)
 
 
 def _answers(raw: Any) -> tuple[str, ...] | None:
@@ -44,7 +50,8 @@ def _entries(data: Any, key: str, path: Path) -> list[Any]:
 @register_benchmark
 class TextVQA(CapabilityBenchmark):
     name = "textvqa"
-    option_keys = ("instruction",)
+    option_help = {"instruction": INSTRUCTION_HELP}
+    layout = "<data>/textvqa/TextVQA_0.5.1_val.json (data: question_id, question, image_id, answers x10) and train_images/<image_id>.jpg"
     description = "TextVQA validation: questions about text in images (VQA accuracy, 10 annotators)"
     metric = "vqa"
     answer_instruction = SHORT_ANSWER
@@ -86,7 +93,11 @@ class TextVQA(CapabilityBenchmark):
 @register_benchmark
 class VQAv2(CapabilityBenchmark):
     name = "vqav2"
-    option_keys = ("instruction", "coco")
+    option_help = {"instruction": INSTRUCTION_HELP, "coco": COCO_HELP}
+    layout = (
+        "<data>/vqav2/v2_OpenEnded_mscoco_val2014_questions.json, v2_mscoco_val2014_annotations.json "
+        "and COCO val2014 images in <data>/vqav2/val2014/"
+    )
     description = "VQAv2 val2014 open-ended questions on COCO (VQA accuracy, 10 annotators)"
     metric = "vqa"
     answer_instruction = SHORT_ANSWER
