@@ -337,7 +337,10 @@ def find_frontier(run_dir: Path) -> tuple[Row, bytes | None] | None:
     for folder in (run_dir, run_dir.parent):
         path = folder / "frontier.json"
         if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc})") from exc
             png = folder / "frontier.png"
             return data, png.read_bytes() if png.is_file() else None
     return None
