@@ -222,3 +222,12 @@ def test_calibrate_tuning_scores_a_capability_set_and_records_the_rule(
     assert bad.exit_code == 2 and "tuning conditions" in bad.output
     alone = runner.invoke(app, [*args, "--tune-capability", "organism_vqa"])
     assert alone.exit_code == 2 and "need --tune-harmful" in alone.output
+
+
+def test_a_bad_tuning_capability_set_fails_before_the_model_loads(anchors: Path, tmp_path: Path) -> None:
+    args = ["calibrate", "--model", str(tmp_path / "no-model"), "--anchors", str(anchors)]
+    args += ["--out", str(tmp_path / "s.safetensors"), "--tune-harmful", str(anchors), "--tune-benign"]
+    harmful_free = _anchor_file(tmp_path, "benign", ["how do i bake bread ?"])
+    result = runner.invoke(app, [*args, str(harmful_free), "--tune-capability", "advbench:x.csv"])
+    assert result.exit_code == 2 and "not a capability scorer" in result.output
+    assert "no-model" not in result.output  # the model was never loaded

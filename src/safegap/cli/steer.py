@@ -98,9 +98,11 @@ def calibrate_cmd(
     With --tune-harmful/--tune-benign, alpha and the vector's form are chosen on those prompts by
     the frontier's rule (the largest harmful-refusal recovery over alpha 0 whose worst-condition
     over-refusal stays within --max-over-refusal-rise of alpha 0's and, with --tune-capability,
-    whose capability loss is at most --max-capability-loss) and stored in the file, so `safegap generate --shift FILE`, `--defense cmrm:FILE` and
-    `shift.apply()` all apply the vector as tuned."""
+    whose capability loss is at most --max-capability-loss) and stored in the file, so
+    `safegap generate --shift FILE`, `--defense cmrm:FILE` and `shift.apply()` all apply the
+    vector as tuned."""
     from safegap.api import tune_shift
+    from safegap.eval.capability import capability_check
     from safegap.eval.records import check_writable
     from safegap.models import load_vlm
     from safegap.specs import check_layers
@@ -130,8 +132,12 @@ def calibrate_cmd(
                 load_anchors(tune_benign, text_column, image_column),
                 max_over_refusal_rise=max_over_refusal_rise,
                 batch_size=batch_size,
-                capability=tune_capability,
-                capability_limit=tune_capability_limit,
+                # built before the model loads: a bad spec fails in one line, not after calibration
+                capability=(
+                    capability_check(tune_capability, tune_capability_limit, model_path=model)
+                    if tune_capability is not None
+                    else None
+                ),
                 max_capability_loss=max_capability_loss,
                 conditions=check_conditions(tune_conditions.split(",")),
             )
