@@ -144,6 +144,7 @@ class SampleCMRMDefense:
         max_new_tokens: int,
         system: str | None = None,
     ) -> list[str]:
+        steering = {"alpha": self.alpha, "corrupt": self.corrupt, "policy": self.policy}
         return generate_sample_level(
             vlm,
             texts,
@@ -151,10 +152,8 @@ class SampleCMRMDefense:
             max_new_tokens=max_new_tokens,
             system=system,
             batch_size=self.batch_size,
-            alpha=self.alpha,
-            corrupt=self.corrupt,
-            policy=self.policy,
             layers=self.layers,
+            **steering,
         )
 
 

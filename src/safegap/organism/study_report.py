@@ -69,6 +69,33 @@ def _gap_rows(gap: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _effect_table(
+    effects: dict[str, Any], fields: tuple[str, ...], title: str, preface: str | None = None
+) -> list[str]:
+    """One markdown table of paired effects, ``effects[REGIME][VARIANT][DEFENSE][CONDITION]``."""
+    rows = [
+        f"| {regime} | {variant} | {defense} | {condition} | "
+        + " | ".join(_fmt(e.get(name)) for name in fields)
+        + " |"
+        for regime, by_variant in effects.items()
+        for variant, by_defense in by_variant.items()
+        for defense, by_condition in by_defense.items()
+        for condition, e in by_condition.items()
+    ]
+    if not rows:
+        return []
+    headers = ["regime", "variant", "defense", "condition", *(n.replace("_", " ") for n in fields)]
+    return [
+        title,
+        "",
+        *([preface, ""] if preface else []),
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *rows,
+        "",
+    ]
+
+
 def markdown(study: dict[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in study["seeds"])
     lines = [
@@ -95,42 +122,17 @@ def markdown(study: dict[str, Any]) -> str:
                     lines += ["| harmful-refusal difference (paired) | mean [95% CI] |", "|---|---|"]
                     lines += [f"| {name} | {_fmt(est)} |" for name, est in diffs.items()]
                     lines.append("")
-    effect_rows = [
-        f"| {regime} | {variant} | {defense} | {condition} | {_fmt(e.get('recovery'))} "
-        f"| {_fmt(e.get('harmful_refusal_gain'))} | {_fmt(e.get('benign_refusal_rise'))} |"
-        for regime, by_variant in study.get("defense_effects", {}).items()
-        for variant, by_defense in by_variant.items()
-        for defense, by_condition in by_defense.items()
-        for condition, e in by_condition.items()
-    ]
-    if effect_rows:
-        lines += [
-            "## What each defense changes (against the same variant without it; paired per prompt)",
-            "",
-            "Recovery = the fraction of the text-minus-image drop in harmful refusal won back.",
-            "",
-            "| regime | variant | defense | condition | recovery | harmful refusal gain | benign refusal rise |",
-            "|---|---|---|---|---|---|---|",
-            *effect_rows,
-            "",
-        ]
-    variant_rows = [
-        f"| {regime} | {variant} | {defense} | {condition} | {_fmt(e.get('harmful_refusal_gain'))} "
-        f"| {_fmt(e.get('benign_refusal_rise'))} |"
-        for regime, by_variant in study.get("variant_effects", {}).items()
-        for variant, by_defense in by_variant.items()
-        for defense, by_condition in by_defense.items()
-        for condition, e in by_condition.items()
-    ]
-    if variant_rows:
-        lines += [
-            "## What each training variant changes (against the plain organism with the same defense; paired)",
-            "",
-            "| regime | variant | defense | condition | harmful refusal gain | benign refusal rise |",
-            "|---|---|---|---|---|---|",
-            *variant_rows,
-            "",
-        ]
+    lines += _effect_table(
+        study.get("defense_effects", {}),
+        ("recovery", "harmful_refusal_gain", "benign_refusal_rise"),
+        "## What each defense changes (against the same variant without it; paired per prompt)",
+        "Recovery = the fraction of the text-minus-image drop in harmful refusal won back.",
+    )
+    lines += _effect_table(
+        study.get("variant_effects", {}),
+        ("harmful_refusal_gain", "benign_refusal_rise"),
+        "## What each training variant changes (against the plain organism with the same defense; paired)",
+    )
     if study.get("gap"):
         lines += _gap_rows(study["gap"])
     if study.get("stages"):
