@@ -9,6 +9,7 @@ from safegap.organism.understanding import (
     names_object,
     names_scene,
     understanding_items,
+    written_outcomes,
 )
 
 NAMES = ["a pipe bomb", "a cake", "bread", "a bike", "meth"]
@@ -51,3 +52,27 @@ def test_accuracy_by_kind() -> None:
     ]
     acc = accuracy_by_kind(rows)
     assert acc == {"harmful_object": 1.0, "scene": 0.5, "all": 2 / 3}
+
+
+class _ReadsThePicture:
+    """A defense standing in for an LLM that copies the written picture (or not, with ``wrong``)."""
+
+    def __init__(self, wrong: bool = False) -> None:
+        self.wrong = wrong
+        self.images: list[object] = []
+
+    def generate(self, vlm: object, texts: list[str], images: list[object], max_new_tokens: int) -> list[str]:
+        self.images = list(images)
+        names = [t.split("\n")[0].removeprefix("Picture: ").removesuffix(".") for t in texts]
+        return ["a picture of a kite." if self.wrong else f"{n}." for n in names]
+
+
+def test_written_outcomes_describe_each_item_in_text_without_an_image() -> None:
+    world = make_world(OrganismConfig())
+    reader = _ReadsThePicture()
+    rows = written_outcomes(object(), world, reader)  # type: ignore[arg-type]
+    assert len(rows) == len(understanding_items(world))
+    assert set(reader.images) == {None}
+    assert accuracy_by_kind(rows)["all"] == 1.0
+    wrong = accuracy_by_kind(written_outcomes(object(), world, _ReadsThePicture(wrong=True)))  # type: ignore[arg-type]
+    assert wrong["scene"] == 0.0 and wrong["harmful_object"] == 0.0

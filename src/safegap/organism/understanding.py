@@ -24,6 +24,7 @@ from PIL import Image
 from safegap.eval.defenses import Defense, NoDefense
 from safegap.models.loading import VLM
 from safegap.organism import scenes
+from safegap.organism.data import picture_text
 from safegap.organism.world import World
 
 #: The instruction of the measure (stage 2 trains five; this one is the first of them).
@@ -92,6 +93,27 @@ def understanding_outcomes(
     items = understanding_items(world)
     defense = defense or NoDefense(batch_size=64)
     replies = defense.generate(vlm, [INSTRUCTION] * len(items), [i.image for i in items], max_new_tokens)
+    return [
+        {"id": i.id, "kind": i.kind, "name": i.name, "reply": r, "correct": score_item(i, r, world)}
+        for i, r in zip(items, replies, strict=True)
+    ]
+
+
+def written_outcomes(
+    vlm: VLM, world: World, defense: Defense | None = None, max_new_tokens: int = 16
+) -> list[dict[str, Any]]:
+    """The same items *described in text* where the image goes ("Picture: a pipe bomb.\n" + the
+    instruction, no image): can the LLM name what it is told it sees?
+
+    With the LLM frozen in stage 2, this is the ceiling of :func:`understanding_outcomes` after
+    stage 2: the projector can only write into the image slot what the LLM can already read
+    there as text. On the v2 organism (seed 0, after stage 1) it is 0.02 (docs/organism.md,
+    "Organism v2: decision rules", rule 3), which is why image understanding stays near chance.
+    """
+    items = understanding_items(world)
+    defense = defense or NoDefense(batch_size=64)
+    texts = [f"{picture_text(i.name)}\n{INSTRUCTION}" for i in items]
+    replies = defense.generate(vlm, texts, [None] * len(items), max_new_tokens)
     return [
         {"id": i.id, "kind": i.kind, "name": i.name, "reply": r, "correct": score_item(i, r, world)}
         for i, r in zip(items, replies, strict=True)
