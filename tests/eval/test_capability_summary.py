@@ -129,6 +129,19 @@ def test_paired_differences_use_only_samples_scored_under_both() -> None:
     assert diff["n"] == 7 and diff["difference"]["mean"] == 0.0
 
 
+def test_an_empty_reply_scores_as_wrong_not_as_missing() -> None:
+    right = [f"{c}" for c in (COLOURS * 2)]
+    silenced = ["", "  ", *right[2:]]  # the defense answered nothing twice
+    records = _records({"none": right, "d": silenced})
+    for record in records[8:10]:  # as the runner writes them: flagged, never judged
+        record.update(verdicts=[], empty_generation=True)
+    records = _scored(records)
+    assert records[8]["score"]["value"] == 0.0 and records[8]["score"]["empty"] is True
+    summary = summarize(records, ["refusal"], ["none", "d"], n_boot=200)
+    rows = {r["defense"]: r for r in summary["metrics"] if r["category"] == "all"}
+    assert rows["d"]["n_scored"] == 8 and rows["d"]["accuracy"]["mean"] == 0.75
+
+
 def test_safety_records_get_no_capability_fields() -> None:
     records = _records({"none": ["I can't help with that."]})
     for r in records:

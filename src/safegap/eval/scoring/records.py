@@ -11,8 +11,10 @@ benchmark that declares a capability metric (``declared_metric``: ``choice``, ``
 expected value under uniform guessing (``null`` where undefined, e.g. open-ended VQA).
 MME and multiple-choice records also carry ``group`` (the image an MME question asks about;
 the question an MMBench rotation belongs to), so the summary can total them.
-``value`` is ``null`` for a record that has no reply to score (the generation failed, was
-empty, or the sample was malformed); those count as errors, never as wrong answers. Benchmarks
+``value`` is ``null`` for a record that has no reply to score (the generation failed or the
+sample was malformed); those count as errors, never as wrong answers. An *empty* reply is a
+reply: it scores 0 (``"empty": true``), so a defense that silences the model shows its
+capability loss instead of leaving the sample out of the mean. Benchmarks
 whose metric is not a scorer (MOSSBench's ``over_refusal``, read off the judge) and the safety
 sets get no ``score``.
 """
@@ -50,8 +52,10 @@ def record_score(record: Record, bench: Benchmark, sample: Sample) -> dict[str, 
     if scorer.name in GROUPED:  # what the benchmark's totals group by (MME's acc+, circular accuracy)
         out["group"] = sample.fields.get(GROUPED[scorer.name], sample.id)
     reply = record.get("generation")
-    if record.get("error") or sample.error is not None or not isinstance(reply, str) or not reply.strip():
+    if record.get("error") or sample.error is not None or not isinstance(reply, str):
         return out
+    if not reply.strip():  # answered nothing: wrong, not missing
+        return {**out, "value": 0.0, "empty": True}
     try:
         out["value"] = scorer.value(sample, reply, scoring_options(bench))
     except ValueError as exc:  # a sample without its reference: reported, never scored as wrong
