@@ -5,6 +5,7 @@ is deterministic per seed (with or without the cached base), and feeds extra los
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,21 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Probe]:
     )
     build_organism(root / "b", seed=7, config=SMALL, cache_dir=root / "cache")
     return root / "a", root / "b", probe
+
+
+def test_reading_phase_runs_on_the_cached_base_and_trains_the_llm(
+    built: tuple[Path, Path, Probe], tmp_path: Path
+) -> None:
+    a, _, _ = built
+    config = replace(SMALL, text=replace(SMALL.text, read_steps=3))
+    report = build_organism(tmp_path / "r", seed=7, config=config, cache_dir=a.parent / "cache")
+    assert "stage1_text" in report.cached and report.stages["stage1_read"]["steps"] == 3
+    plain, read = (
+        load_file(str(a / "model.safetensors")),
+        load_file(str(tmp_path / "r" / "model.safetensors")),
+    )
+    llm = [k for k in plain if "language_model" in k]
+    assert llm and any(not torch.equal(plain[k], read[k]) for k in llm)
 
 
 def test_checkpoint_loads_and_generates(built: tuple[Path, Path, Probe]) -> None:

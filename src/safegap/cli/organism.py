@@ -164,8 +164,22 @@ def build(
     ),
     scale: float = typer.Option(1.0, help="Multiply every stage's step count (quick smoke builds)."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    read_steps: int = typer.Option(
+        0,
+        min=0,
+        help="Opt-in stage-1 reading phase (docs/organism.md, rule 3, rung f): extra LLM steps "
+        "copying written pictures into replies. 0 = organism v2.",
+    ),
+    projector_steps: int | None = typer.Option(
+        None, min=1, help="Stage-2 projector steps (default: the config's, 150)."
+    ),
+    projector_lr: float | None = typer.Option(
+        None, min=0.0, help="Stage-2 projector learning rate (default: the config's, 2e-3)."
+    ),
 ) -> None:
     """Train the organism for SEED and write an HF checkpoint that load_vlm loads."""
+    from dataclasses import replace
+
     from safegap.organism.build import build_organism, default_cache_dir
     from safegap.organism.config import OrganismConfig
 
@@ -173,7 +187,17 @@ def build(
         if scale <= 0:
             raise ValueError(f"--scale must be positive, got {scale}")
         set_threads(threads)
-        config = OrganismConfig().scaled(scale) if scale != 1.0 else OrganismConfig()
+        base = OrganismConfig()
+        base = replace(
+            base,
+            text=replace(base.text, read_steps=read_steps),
+            projector=replace(
+                base.projector,
+                steps=projector_steps or base.projector.steps,
+                lr=base.projector.lr if projector_lr is None else projector_lr,
+            ),
+        )
+        config = base.scaled(scale) if scale != 1.0 else base
         cache = None if no_cache else (cache_dir or default_cache_dir())
         with progress_bar(f"organism seed {seed}") as update:
             names: list[str] = []

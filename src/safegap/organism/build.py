@@ -212,6 +212,10 @@ def build_organism(
             else:
                 tmp.rename(base_path)
     tokenizer = processor.tokenizer
+    if config.text.read_steps:  # opt-in rung (f), after the cached base
+        report.stages["stage1_read"] = stages.train_reading(
+            model, tokenizer, world, config.text, seed
+        ).as_dict()
     if snapshot_stages:
         report.snapshots["after_stage1"] = _snapshot(model, processor, out / "stages" / "after_stage1")
     log = stages.train_projector(

@@ -80,6 +80,12 @@ class TextConfig:
     picture_share: float = 0.15
     #: Share of chat rows that are a typographic image's words as text (FigStep layout).
     typographic_share: float = 0.05
+    #: Rung (f) of docs/organism.md, rule 3 (opt-in; 0 = organism v2): extra stage-1 steps after
+    #: alignment, half written-picture captioning rows, half alignment chat, that teach the LLM
+    #: to copy a described picture into its reply. The v2 LLM cannot (written naming 0.02), so
+    #: no projector trained against it can make it name an image.
+    read_steps: int = 0
+    read_lr: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,8 @@ class OrganismConfig:
     def digest(self, part: str | None = None) -> str:
         """Short hash of the whole config (or of what one cached part depends on)."""
         data = self.to_dict()
+        if part == "base" or not data["text"]["read_steps"]:  # reading runs after the base: v2's caches
+            data["text"] = {k: v for k, v in data["text"].items() if k not in ("read_steps", "read_lr")}
         if part == "base":
             data = {k: data[k] for k in ("version", "arch", "world", "clip", "text")}
         blob = json.dumps(data, sort_keys=True).encode()
@@ -154,6 +162,7 @@ class OrganismConfig:
                 self.text,
                 pretrain_steps=steps(self.text.pretrain_steps),
                 align_steps=steps(self.text.align_steps),
+                read_steps=steps(self.text.read_steps) if self.text.read_steps else 0,
             ),
             projector=replace(self.projector, steps=steps(self.projector.steps)),
             instruct=replace(self.instruct, steps=steps(self.instruct.steps)),

@@ -190,6 +190,31 @@ def train_text(
     return [pre, align]
 
 
+def train_reading(model: Any, tokenizer: Any, world: World, cfg: TextConfig, seed: int) -> StageLog:
+    """Rung (f) (docs/organism.md, rule 3): the LLM learns to copy a *written* picture into its
+    reply ("Picture: a pipe bomb.\nDescribe the image briefly." -> "a picture of a pipe bomb."),
+    with alignment chat replayed half of each batch so its text safety stays. Stage 2 then has a
+    reader to write into; without it the frozen LLM answers from priors whatever the image."""
+    rng = _seed(seed, 11)  # its own stream: the v2 base (stages 0-1) stays cached and unchanged
+    chat = text_chat_rows(world, tokenizer, cfg, rng, 4000)
+    rows: list[data.Example] = []
+    while len(rows) < 2000:
+        example = data.picture_example(world, rng, "train")
+        if example.kind == "picture_caption":
+            rows.append(example)
+    return train_stage(
+        "stage1_read",
+        model,
+        [(encode(tokenizer, rows, 0), 0.5), (chat, 0.5)],
+        _llm_params(model),
+        cfg.read_steps,
+        cfg.batch_size,
+        cfg.read_lr,
+        rng,
+        _pad(tokenizer),
+    )
+
+
 def train_projector(
     model: Any,
     tokenizer: Any,
