@@ -9,18 +9,16 @@ script ran, it adds ``<div id="report-ready" data-tables="N">``; script errors a
 
 from __future__ import annotations
 
-import html
 import json
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from safegap.eval.records import read_records
 from safegap.report import plots
+from safegap.report.frontier import find_frontier, frontier_section
+from safegap.report.markup import Row, e, fmt_estimate, slug, table
 from safegap.specs import parse_spec
 
-Row = dict[str, Any]
 METRIC_COLUMNS = (
     ("unsafe_rate", "unsafe rate (ASR)"),
     ("defense_success_rate", "defense success"),
@@ -96,37 +94,6 @@ window.addEventListener('error',function(e){
   if(box){box.hidden=false;box.textContent='script error: '+window.__reportErrors.join('; ');}
 });
 """
-
-
-def e(value: Any) -> str:
-    """HTML-escape anything (None shows as an empty string)."""
-    return "" if value is None else html.escape(str(value), quote=True)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_-]+", "-", text).strip("-") or "x"
-
-
-def fmt_estimate(est: dict[str, Any] | None) -> str:
-    if not est:
-        return '<span class="muted">-</span>'
-    lo, hi = est["ci"]
-    return f'{est["mean"]:.3f} <span class="ci">[{lo:.3f}, {hi:.3f}]</span>'
-
-
-def table(
-    headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[int] | None = None, attrs: str = ""
-) -> str:
-    """An HTML table; cells are already-escaped HTML fragments."""
-    numeric = numeric or set()
-    head = "".join(f"<th>{e(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = "".join(
-            f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row)
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def metrics_table(rows: Sequence[Row]) -> str:
@@ -282,70 +249,6 @@ def samples_section(records: Sequence[Row], max_samples: int) -> str:
     )
 
 
-def _cell(value: Row | None) -> str:
-    return "-" if not value else fmt_estimate(value)
-
-
-def frontier_section(data: Row, png: bytes | None) -> str:
-    """The safety-utility frontier of ``safegap frontier`` (``frontier.json`` and its plot): the
-    plot, then one row per point, Pareto-front points flagged and the rule's choice marked."""
-    import base64
-
-    chosen = ((data.get("selection") or {}).get("all") or {}).get("chosen")
-    x = data.get("x") or {}
-    rows = []
-    for p in data.get("points", []):
-        marks = [m for m, on in (("pareto", p.get("pareto")), ("chosen", p["defense"] == chosen)) if on]
-        rows.append(
-            (
-                marks,
-                [
-                    e(p["defense"]),
-                    e("-" if p.get("alpha") is None else f"{p['alpha']:g}"),
-                    _cell(p.get("harmful_refusal")),
-                    _cell(p.get("over_refusal")),
-                    _cell(p.get("capability")),
-                    e("yes" if p.get("pareto") else ""),
-                    e("chosen" if p["defense"] == chosen else ""),
-                ],
-            )
-        )
-    head = ["defense", "alpha", "harmful refusal", "over-refusal", "capability", "Pareto front", "rule"]
-    body = "".join(
-        f'<tr class="{" ".join(marks)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-        for marks, cells in rows
-    )
-    parts = ['<section id="frontier"><h2>Safety-utility frontier</h2>']
-    parts.append(
-        f"<p class='muted'>x: {e(x.get('label', ''))}; y: harmful refusal (worst condition). "
-        f"Chosen by the rule in frontier.json: <b>{e(chosen or '-')}</b>.</p>"
-    )
-    if png:
-        b64 = base64.b64encode(png).decode("ascii")
-        parts.append(
-            f'<img class="plot" id="frontier-plot" alt="frontier" src="data:image/png;base64,{b64}">'
-        )
-    parts.append(
-        '<table class="frontier"><tr>' + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr>{body}</table>"
-    )
-    return "".join(parts) + "</section>"
-
-
-def find_frontier(run_dir: Path) -> tuple[Row, bytes | None] | None:
-    """``frontier.json`` (and ``frontier.png``) beside a run or one folder up (``safegap frontier``
-    writes them to OUT and the run to OUT/run), or None."""
-    for folder in (run_dir, run_dir.parent):
-        path = folder / "frontier.json"
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-            png = folder / "frontier.png"
-            return data, png.read_bytes() if png.is_file() else None
-    return None
-
-
 def build_report(
     run_dir: Path,
     summary: Row,
@@ -363,7 +266,7 @@ def build_report(
         + table(["setting", "value"], config_rows, attrs='class="run"')
         + "</section>"
     )
-    nav = "".join(f'<a href="#bench-{_slug(b)}">{e(b)}</a>' for b in benches)
+    nav = "".join(f'<a href="#bench-{slug(b)}">{e(b)}</a>' for b in benches)
     if frontier is not None:
         nav = "<a href='#frontier'>frontier</a>" + nav
     parts.append(f"<nav>{nav}<a href='#samples'>samples</a></nav>")
@@ -372,7 +275,7 @@ def build_report(
     for bench in benches:
         rows = [r for r in metrics if r["benchmark"] == bench]
         section = [
-            f'<section class="benchmark" id="bench-{_slug(bench)}"><h2>{e(bench)}</h2>',
+            f'<section class="benchmark" id="bench-{slug(bench)}"><h2>{e(bench)}</h2>',
             "<h3>Overall</h3>",
             metrics_table([r for r in rows if r["category"] == "all"]),
         ]
